@@ -1,0 +1,108 @@
+"""A trained task on disk: one directory, written atomically.
+
+    adapter_config.json, adapter_model.safetensors   the LoRA adapter, in peft's own format
+    head.safetensors                                  the task head
+    card.json                                         task, labels, base model + checksum, schema, metrics
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CARD = "card.json"
+HEAD = "head.safetensors"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A task directory that is missing, incomplete, or made for another base model."""
+
+
+@lru_cache(maxsize=8)
+def _checksum(base_dir: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        digest.update(name.encode())
+        with open(Path(base_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def base_checksum(base_dir: str | Path) -> str:
+    """sha256 over the base model's config and weight files (cached per file size and mtime)."""
+    base = Path(base_dir)
+    files = sorted(
+        p for p in base.iterdir()
+        if p.name == "config.json" or p.suffix in (".safetensors", ".bin") and not p.name.startswith("adapter")
+    )
+    return _checksum(str(base), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished temporary directory to ``out``, replacing any previous one."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any]) -> Path:
+    """Write the task directory ``out`` atomically: readers see the old one or the new one."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        backbone.save_adapter(adapter, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD))
+        card = {"format_version": FORMAT_VERSION, **card}
+        (tmp / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False), encoding="utf-8")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    card_path = path / CARD
+    if not card_path.exists():
+        raise ArtifactError(f"{path} is not a trained task directory (no {CARD})")
+    for f in ("adapter_config.json", "adapter_model.safetensors", HEAD):
+        if not (path / f).exists():
+            raise ArtifactError(f"{path} is incomplete: {f} is missing")
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    if card.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{card_path}: unsupported format_version {card.get('format_version')}")
+    return card
+
+
+def check_base(card: dict[str, Any], path: str | Path, base_dir: str | Path) -> None:
+    """Refuse an adapter trained on another base model."""
+    expected = card["base_model"]["checksum"]
+    actual = base_checksum(base_dir)
+    if actual != expected:
+        raise ArtifactError(
+            f"{path} was trained on base model '{card['base_model']['name']}' (sha256 {expected[:12]}…) "
+            f"but the loaded base {base_dir} has sha256 {actual[:12]}…; load it on its own base"
+        )

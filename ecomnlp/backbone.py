@@ -1,0 +1,85 @@
+"""The shared encoder: one frozen pretrained base, one named peft LoRA adapter per task."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+Pooling = Literal["mean", "cls"]
+
+
+class Backbone(nn.Module):
+    """Frozen encoder + named adapters. Switching task switches adapter, never the base."""
+
+    def __init__(self, base_dir: str | Path) -> None:
+        super().__init__()
+        self.base_dir = Path(base_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
+        encoder = AutoModel.from_pretrained(self.base_dir, dtype=torch.float32)
+        encoder.requires_grad_(False)
+        self.encoder: nn.Module = encoder
+        self.hidden_size: int = encoder.config.hidden_size
+        self.max_positions: int = min(
+            getattr(encoder.config, "max_position_embeddings", 512), self.tokenizer.model_max_length
+        )
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.encoder.peft_config) if isinstance(self.encoder, PeftModel) else []
+
+    def add_adapter(self, name: str, config: LoraConfig) -> None:
+        """A new trainable adapter ``name``, made active."""
+        if name in self.adapters:
+            raise ValueError(f"adapter '{name}' already exists")
+        if any(".pooler." in f".{n}." for n, _ in self.encoder.named_modules()):
+            config.exclude_modules = r".*pooler.*"  # unused by our pooling: no adapter weights there
+        if isinstance(self.encoder, PeftModel):
+            self.encoder.add_adapter(name, config)
+        else:
+            self.encoder = get_peft_model(self.encoder, config, adapter_name=name)
+        self.use(name, trainable=True)
+
+    def load_adapter(self, name: str, path: str | Path, trainable: bool = False) -> None:
+        """Load a saved adapter (peft format) under ``name``; frozen unless ``trainable``."""
+        if isinstance(self.encoder, PeftModel):
+            self.encoder.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+        else:
+            self.encoder = PeftModel.from_pretrained(self.encoder, str(path), adapter_name=name, is_trainable=trainable)
+        self.use(name, trainable=trainable)
+
+    def use(self, name: str, trainable: bool = False) -> None:
+        """Make ``name`` the active adapter; only it can be trainable."""
+        if name not in self.adapters:
+            raise KeyError(f"no adapter '{name}'; loaded: {self.adapters}")
+        self.encoder.set_adapter(name, inference_mode=not trainable)
+
+    def save_adapter(self, name: str, out: str | Path) -> None:
+        """Write adapter ``name`` in peft's own format (adapter_config.json + adapter_model.safetensors)."""
+        out = Path(out)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            self.encoder.save_pretrained(tmp, selected_adapters=[name])
+            saved = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+            config = json.loads((saved / "adapter_config.json").read_text())
+            config["inference_mode"] = True
+            (saved / "adapter_config.json").write_text(json.dumps(config, indent=2))
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                shutil.move(saved / f, out / f)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+        """Pooled sentence vectors through the active adapter."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> LoraConfig:
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")

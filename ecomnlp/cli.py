@@ -1,0 +1,108 @@
+"""``ecomnlp <command>``: each command is a plain typed function; heavy imports stay inside.
+
+YAML configs mirror the function signatures: ``ecomnlp train --config configs/x.yaml
+--trainer.max_steps 100`` overrides one field of the file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Literal
+
+from .config import DataConfig, LoraSettings, TrainerSettings
+
+
+def models_command() -> None:
+    """List the named base models and whether each is ready to load offline."""
+    from .models import list_models
+
+    for row in list_models():
+        state = "ready" if row["ready"] else "not provisioned"
+        print(f"{row['name']:<24} {row['kind']:<10} {state:<16} {row['description']}")
+
+
+def tasks_command() -> None:
+    """List the registered tasks."""
+    from .task import task_class, task_names
+
+    for name in task_names():
+        doc = (task_class(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<24} {doc}")
+
+
+def train_command(
+    task: str,
+    data: DataConfig,
+    out: str,
+    model: str = "minilm-l6",
+    task_options: dict[str, Any] | None = None,
+    pooling: Literal["mean", "cls"] = "mean",
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = TrainerSettings(),
+) -> None:
+    """Train one task's LoRA adapter + head on a frozen base model; save the task directory ``out``.
+
+    Args:
+        task: registered task name (see ``ecomnlp tasks``).
+        data: files, column mapping and batching.
+        out: task directory to write (adapter, head, card).
+        model: base model name (see ``ecomnlp models``) or a local Hugging Face directory.
+        task_options: the task's own options, e.g. ``{mode: stars}`` or ``{multi_label: true}``.
+        pooling: how token vectors become one vector.
+        lora: adapter hyper-parameters.
+        trainer: optimisation and Lightning settings.
+    """
+    from .training import train as run
+
+    summary = run(task, data, out, model, task_options, pooling, lora, trainer)
+    if "valid_metrics" in summary:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def evaluate_command(model: str, data: str, out: str, columns: dict[str, str] | None = None,
+             on_bad_row: Literal["skip", "fail"] = "skip", batch_size: int = 64) -> None:
+    """Evaluate a trained task directory on a labelled file; write ``out``/metrics.json and figures.
+
+    Args:
+        model: trained task directory.
+        data: labelled CSV / JSONL / Parquet file or saved dataset.
+        out: report folder.
+        columns: task field -> file column; defaults to the mapping used in training.
+        on_bad_row: skip rows with empty text or label (counted in the log), or fail.
+        batch_size: rows per forward pass.
+    """
+    from .evaluation import evaluate as run
+
+    report = run(model, data, out, columns, on_bad_row, batch_size)
+    shown = {k: v for k, v in report.items() if not isinstance(v, (dict, list))}
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    print(f"report: {out}/metrics.json")
+
+
+def predict_command(model: str, text: list[str]) -> None:
+    """Predict with a trained task directory; prints one JSON line per text.
+
+    Args:
+        model: trained task directory.
+        text: one or more texts.
+    """
+    from .predictor import load
+
+    for row in load(model).predict(text):
+        print(json.dumps(row, ensure_ascii=False))
+
+
+# Named *_command so that jsonargparse, resolving import paths, never touches the lazy
+# `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
+COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
+            "evaluate": evaluate_command, "predict": predict_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(COMMANDS, args=sys.argv[1:] if argv is None else argv, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()

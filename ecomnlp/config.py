@@ -1,0 +1,65 @@
+"""Settings shared by the commands. Plain dataclasses with no heavy imports, so the CLI
+(`ecomnlp --help`) stays fast; YAML configs mirror these fields one to one."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    """Where the rows come from and how they become batches.
+
+    ``columns`` maps the task's field names to the file's column names, e.g.
+    ``{text: review, label: cat}``; fields not listed are read under their own name.
+    Rows are counted from 1, the CSV header not included.
+    """
+
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    on_bad_row: Literal["skip", "fail"] = "skip"
+    valid_fraction: float = 0.1
+    max_train_examples: int | None = None
+    max_length: int | None = None
+    length_percentile: float = 98.0
+    batch_size: int = 32
+    eval_batch_size: int = 128
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA hyper-parameters of a task's adapter."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
+@dataclass
+class TrainerSettings:
+    """Optimisation and Lightning Trainer settings.
+
+    ``precision`` None means fp32 on CPU and bf16-mixed on a GPU that supports it.
+    ``val_check_interval`` is a fraction of an epoch (float) or a number of steps (int).
+    """
+
+    max_epochs: int = 1
+    max_steps: int = -1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    gradient_clip_val: float = 1.0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    precision: str | None = None
+    seed: int = 42
+    monitor: str | None = None
+    patience: int = 3
+    val_check_interval: float | int = 1.0
+    log_every_n_steps: int = 10
+    logger: Literal["csv", "tensorboard"] = "csv"
+    progress_bar: bool = True

@@ -1,0 +1,92 @@
+"""Evaluate a trained task on a labelled file: a metrics JSON and the task's figures."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import write_json_atomic
+
+_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+              "Source Han Sans SC", "SimHei", "AR PL UMing CN", "Droid Sans Fallback")
+
+
+def _font_for(labels: list[str]) -> str | None:
+    """A font that can draw the labels, or None when a CJK label has no font here."""
+    from matplotlib import font_manager
+
+    if all(ord(c) < 0x2E80 for label in labels for c in label):
+        return "DejaVu Sans"
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((f for f in _CJK_FONTS if f in installed), None)
+
+
+def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
+    """Confusion matrix (rows true, columns predicted) as a PNG, written atomically.
+
+    Labels a local font cannot draw (e.g. Chinese without a CJK font) are shown as their
+    index; the metrics JSON lists the names in the same order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    font = _font_for(labels)
+    ticks = labels if font else [str(i) for i in range(len(labels))]
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n), dpi=110)
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontfamily=font or "DejaVu Sans")
+    ax.set_yticks(range(n), ticks, fontfamily=font or "DejaVu Sans")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = matrix.max().item() or 1
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+                    color="white" if value > peak / 2 else "black")
+    ax.set_title("confusion matrix" + ("" if font else " (labels by index, see metrics.json)"))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def evaluate(
+    model: str,
+    data: str,
+    out: str,
+    columns: dict[str, str] | None = None,
+    on_bad_row: str = "skip",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Score the task directory ``model`` on the labelled file ``data``; write ``out``/metrics.json.
+
+    ``columns`` maps task fields to file columns; by default the mapping used in training.
+    """
+    from .data import encode_targets, load_rows
+    from .predictor import load
+
+    started = time.perf_counter()
+    trained = load(model)
+    mapping = trained.card.get("columns", {}) if columns is None else columns
+    rows = load_rows(data, trained.task, mapping, on_bad_row)
+    label_column = mapping.get(trained.task.schema.label, trained.task.schema.label)
+    targets = torch.tensor(encode_targets(rows, trained.task, label_column))
+    logits = trained.logits([dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)], batch_size)
+    out_dir = Path(out)
+    report = {
+        "model": str(model), "task": trained.card["task"], "data": str(data),
+        **trained.task.evaluate(logits, targets, out_dir),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(out_dir / "metrics.json", report)
+    return report

@@ -1,0 +1,135 @@
+"""Trained tasks in memory: ``load`` one, or ``load_many`` on one shared base."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .artifact import HEAD, check_base, read_card
+from .backbone import Backbone, Pooling
+from .data import LengthGroupedBatches, collate, tokenize
+from .models import resolve
+from .task import Task, build_task
+
+Inputs = str | Sequence[str] | Sequence[Mapping[str, Any]]
+
+
+def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
+    """Strings (one text field) or dicts keyed by the task's text fields -> texts per field."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    rows = list(inputs)
+    if rows and isinstance(rows[0], Mapping):
+        missing = [f for f in fields if f not in rows[0]]
+        if missing:
+            raise KeyError(f"inputs lack field(s) {missing}; this task reads {list(fields)}")
+        return [[str(r[f]) for r in rows] for f in fields]
+    if len(fields) != 1:
+        raise TypeError(f"this task reads {list(fields)}: pass dicts with those keys")
+    return [[str(r) for r in rows]]
+
+
+@torch.inference_mode()
+def predict_logits(
+    backbone: Backbone, adapter: str, head: nn.Module, ids: Sequence[Sequence[int]], batch_size: int,
+    pooling: Pooling = "mean",
+) -> torch.Tensor:
+    """Logits for token-id rows, in input order; batches are grouped by length."""
+    backbone.use(adapter)
+    was_training = backbone.training, head.training
+    backbone.eval(), head.eval()
+    device = next(head.parameters()).device
+    out: list[tuple[list[int], torch.Tensor]] = []
+    pad = backbone.tokenizer.pad_token_id
+    for batch in LengthGroupedBatches([len(x) for x in ids], batch_size, shuffle=False):
+        tensors = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
+        out.append((batch, head(backbone(**tensors, pooling=pooling)).float().cpu()))
+    backbone.train(was_training[0]), head.train(was_training[1])
+    logits = torch.empty(len(ids), out[0][1].shape[-1])
+    for batch, values in out:
+        logits[batch] = values
+    return logits
+
+
+class TaskModel:
+    """One trained task: ``predict`` texts (or dicts of text fields) to decoded outputs."""
+
+    def __init__(self, backbone: Backbone, adapter: str, task: Task, head: nn.Module, card: dict[str, Any]) -> None:
+        self.backbone, self.adapter, self.task, self.head, self.card = backbone, adapter, task, head, card
+
+    @property
+    def max_length(self) -> int:
+        return int(self.card["max_length"])
+
+    def logits(self, inputs: Inputs, batch_size: int = 64) -> torch.Tensor:
+        ids = tokenize(self.backbone.tokenizer, as_texts(inputs, self.task.schema.text), self.max_length)
+        return predict_logits(self.backbone, self.adapter, self.head, ids, batch_size, self.card["pooling"])
+
+    def predict(self, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:
+        return self.task.decode(self.logits(inputs, batch_size))
+
+    def __repr__(self) -> str:
+        return f"TaskModel({self.card['task']!r}, adapter={self.adapter!r}, base={self.card['base_model']['name']!r})"
+
+
+class TaskModels(Mapping[str, TaskModel]):
+    """Several tasks hosted on one base model in memory, routed by name."""
+
+    def __init__(self, backbone: Backbone, models: dict[str, TaskModel]) -> None:
+        self.backbone, self._models = backbone, models
+
+    def __getitem__(self, name: str) -> TaskModel:
+        if name not in self._models:
+            raise KeyError(f"no task '{name}'; loaded: {sorted(self._models)}")
+        return self._models[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._models)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def predict(self, task: str, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:
+        return self[task].predict(inputs, batch_size)
+
+
+def attach(backbone: Backbone, path: str | Path, name: str) -> TaskModel:
+    """Load the task directory ``path`` as adapter ``name`` on an existing backbone."""
+    from safetensors.torch import load_file
+
+    card = read_card(path)
+    check_base(card, path, backbone.base_dir)
+    task = build_task(card["task"], card["task_state"])
+    head = task.build_head(backbone.hidden_size)
+    head.load_state_dict(load_file(str(Path(path) / HEAD)))
+    head.to(next(backbone.parameters()).device).eval()
+    backbone.load_adapter(name, path)
+    return TaskModel(backbone, name, task, head, card)
+
+
+def _backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
+    """The base a task was trained on: ``base`` if given, else its recorded folder, else its name."""
+    if base is None:
+        recorded = read_card(path)["base_model"]
+        base = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
+    return Backbone(resolve(base)).to(device).eval()
+
+
+def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel:
+    """A trained task directory, ready to ``predict``. ``base`` overrides where the base model is found."""
+    return attach(_backbone_for(path, base, device), path, read_card(path)["task"])
+
+
+def load_many(paths: Sequence[str | Path] | Mapping[str, str | Path], base: str | None = None, device: str = "cpu") -> TaskModels:
+    """Several task directories on one shared base; keys are task names unless given as a mapping."""
+    if not isinstance(paths, Mapping):
+        named = {read_card(p)["task"]: p for p in paths}
+        if len(named) != len(paths):
+            raise ValueError("two directories hold the same task: pass a mapping {name: path} instead")
+        paths = named
+    if not paths:
+        raise ValueError("load_many needs at least one task directory")
+    backbone = _backbone_for(next(iter(paths.values())), base, device)
+    return TaskModels(backbone, {name: attach(backbone, p, name) for name, p in paths.items()})

@@ -1,0 +1,259 @@
+"""One LightningModule and one LightningDataModule for every task, and ``train``."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from .artifact import base_checksum, save_artifact
+from .backbone import Backbone, Pooling, lora_config
+from .config import DataConfig, LoraSettings, TrainerSettings
+from .data import LengthGroupedBatches, Rows, choose_max_length, collate, encode_targets, load_rows, tokenize
+from .models import resolve
+from .predictor import predict_logits
+from .task import Task, build_task, task_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """One tokenized split: token ids and targets, row-aligned."""
+
+    ids: list[list[int]]
+    targets: list[Any]
+
+    def batch(self, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        out = collate([self.ids[i] for i in index], pad_id)
+        out["targets"] = torch.tensor([self.targets[i] for i in index])
+        return out
+
+
+@dataclass
+class Prepared:
+    train: Split
+    valid: Split
+    max_length: int
+    stats: dict[str, Any]
+
+
+def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(len(order) * fraction))
+
+    def pick(idx: list[int]) -> Rows:
+        idx = sorted(idx)
+        return Rows(rows.path, [[t[i] for i in idx] for t in rows.texts],
+                    [rows.labels[i] for i in idx] if rows.labels is not None else None,
+                    [rows.row_numbers[i] for i in idx])
+
+    return pick(order[cut:]), pick(order[:cut])
+
+
+def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed: int) -> Prepared:
+    """Load and check train/valid rows, fit the task on train only, tokenize both."""
+    if not data.train:
+        raise ValueError("data.train is required")
+    train_rows = load_rows(data.train, task, data.columns, data.on_bad_row)
+    available = len(train_rows)
+    if data.max_train_examples and data.max_train_examples < available:
+        train_rows, _ = _split_off(train_rows, 1 - data.max_train_examples / available, seed)
+    if data.valid:
+        valid_rows = load_rows(data.valid, task, data.columns, data.on_bad_row)
+    else:
+        train_rows, valid_rows = _split_off(train_rows, data.valid_fraction, seed)
+    task.fit(train_rows.labels or [])
+    label_column = data.columns.get(task.schema.label, task.schema.label)
+    max_length = data.max_length or choose_max_length(
+        [len(x) for x in tokenize(tokenizer, train_rows.texts, model_limit)], data.length_percentile, model_limit
+    )
+    stats = {"train_file": str(data.train), "train_rows_available": available, "train_examples": len(train_rows),
+             "valid_file": str(data.valid) if data.valid else f"{data.valid_fraction:.0%} of train",
+             "valid_examples": len(valid_rows), "max_length": max_length}
+    return Prepared(
+        Split(tokenize(tokenizer, train_rows.texts, max_length), encode_targets(train_rows, task, label_column)),
+        Split(tokenize(tokenizer, valid_rows.texts, max_length), encode_targets(valid_rows, task, label_column)),
+        max_length, stats,
+    )
+
+
+class TaskData(L.LightningDataModule):
+    """Length-grouped batches, padded per batch, each rank taking its own share."""
+
+    def __init__(self, prepared: Prepared, pad_id: int, batch_size: int, eval_batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.prepared, self.pad_id, self.seed = prepared, pad_id, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+
+    def _loader(self, split: Split, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
+        sampler = LengthGroupedBatches(
+            [len(x) for x in split.ids], batch_size, shuffle=shuffle, seed=self.seed,
+            num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
+        )
+        return torch.utils.data.DataLoader(
+            range(len(split.ids)), batch_sampler=sampler, collate_fn=lambda idx: split.batch(idx, self.pad_id)
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.prepared.train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.prepared.valid, self.eval_batch_size, shuffle=False)
+
+
+class TaskModule(L.LightningModule):
+    """Backbone (one trainable adapter) + task head; loss and metrics come from the task."""
+
+    def __init__(self, backbone: Backbone, adapter: str, head: nn.Module, task: Task, pooling: Pooling,
+                 settings: TrainerSettings) -> None:
+        super().__init__()
+        self.backbone, self.adapter, self.head, self.task = backbone, adapter, head, task
+        self.pooling, self.settings = pooling, settings
+        self.val_metrics = task.metrics().clone(prefix="val/")
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(input_ids, attention_mask, self.pooling))
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        loss = self.task.loss(self(batch["input_ids"], batch["attention_mask"]), batch["targets"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"]).float()
+        self.log("val/loss", self.task.loss(logits, batch["targets"]), sync_dist=True, batch_size=len(logits))
+        self.val_metrics.update(logits, batch["targets"])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state()  # not the frozen base (~100s of MB)
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * s.warmup_ratio)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _precision(settings: TrainerSettings) -> str:
+    if settings.precision:
+        return settings.precision
+    on_gpu = settings.accelerator in ("gpu", "cuda") or (settings.accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"  # bf16 on CPU measured 20-30x slower
+
+
+def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Trainer:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    logger_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
+    return L.Trainer(
+        accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy,
+        precision=_precision(settings), max_epochs=settings.max_epochs, max_steps=settings.max_steps,
+        val_check_interval=settings.val_check_interval, log_every_n_steps=settings.log_every_n_steps,
+        gradient_clip_val=settings.gradient_clip_val, enable_progress_bar=settings.progress_bar,
+        use_distributed_sampler=False, default_root_dir=work_dir,
+        logger=logger_cls(work_dir, name="logs"),
+        callbacks=[
+            ModelCheckpoint(dirpath=work_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+            EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
+        ],
+    )
+
+
+def train(
+    task: str,
+    data: DataConfig,
+    out: str,
+    model: str = "minilm-l6",
+    task_options: dict[str, Any] | None = None,
+    pooling: Literal["mean", "cls"] = "mean",
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = TrainerSettings(),
+) -> dict[str, Any]:
+    """Train one task's LoRA adapter and head on the frozen base; save the task directory ``out``.
+
+    Logs and checkpoints go to ``<out>.train/``; the returned summary holds validation metrics.
+    """
+    started = time.perf_counter()
+    L.seed_everything(trainer.seed, workers=True)
+    base_dir = resolve(model)
+    backbone = Backbone(base_dir)
+    the_task = build_task(task, task_options)
+    prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed)
+    backbone.add_adapter(the_task.name, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+    head = the_task.build_head(backbone.hidden_size)
+    module = TaskModule(backbone, the_task.name, head, the_task, pooling, trainer)
+    monitor = trainer.monitor or f"val/{the_task.monitor}"
+    out_path = Path(out)
+    work_dir = out_path.with_name(out_path.name + ".train")
+    fit = _trainer(trainer, monitor, work_dir)
+    datamodule = TaskData(prepared, backbone.tokenizer.pad_token_id, data.batch_size, data.eval_batch_size, trainer.seed)
+    module.train()  # from_pretrained leaves the base in eval mode; train as usual (dropout on)
+    fit.fit(module, datamodule=datamodule)
+    best = fit.checkpoint_callback.best_model_path if fit.checkpoint_callback else ""
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"], strict=False)
+    summary: dict[str, Any] = {"out": str(out_path), "steps": fit.global_step, **prepared.stats}
+    if not fit.is_global_zero:
+        return summary
+    module.to("cpu")
+    valid = prepared.valid
+    logits = predict_logits(backbone, the_task.name, head, valid.ids, data.eval_batch_size, pooling)
+    metrics = {k: v.item() for k, v in the_task.metrics()(logits, torch.tensor(valid.targets)).items()}
+    summary.update(valid_metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
+    card = {
+        "task": the_task.name,
+        "task_state": task_state(the_task),
+        "schema": dataclasses.asdict(the_task.schema),
+        "columns": data.columns,
+        "base_model": {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)},
+        "pooling": pooling,
+        "max_length": prepared.max_length,
+        "lora": dataclasses.asdict(lora),
+        "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch,
+                     "seed": trainer.seed, "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},
+        "metrics": {"valid": metrics},
+        "ecomnlp_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    save_artifact(out_path, backbone, the_task.name, head, card)
+    return summary
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ecomnlp")
+    except PackageNotFoundError:
+        return "0+local"
