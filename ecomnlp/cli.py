@@ -55,7 +55,7 @@ def train_command(
     from .training import train as run
 
     summary = run(task, data, out, model, task_options, pooling, lora, trainer)
-    if "valid_metrics" in summary:
+    if "metrics" in summary:  # only the process that saved (rank 0) reports
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 

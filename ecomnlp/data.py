@@ -55,9 +55,14 @@ def read_table(path: str | Path) -> Dataset:
         _check_utf8(path)
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         with path.open(encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f, delimiter=sep), [])
-        # Every column as text: type guessing would turn label 1 into 1.0 next to a missing value.
-        options = {"sep": sep, "features": Features({c: Value("string") for c in header})}
+            reader = csv.reader(f, delimiter=sep)
+            header = next(reader, [])
+            if next((r for r in reader if r), None) is None:  # blank lines read as []
+                raise DataError(f"{path}: the file has no data rows (header only)")
+        # Every column as text: type guessing would turn label 1 into 1.0 next to a missing value,
+        # and texts such as "NA", "None" or "null" are texts, not missing values (empty fields stay "").
+        options = {"sep": sep, "keep_default_na": False,
+                   "features": Features({c: Value("string") for c in header})}
     elif kind == "json":
         _check_utf8(path)
     try:
@@ -110,7 +115,7 @@ def load_rows(
             f"{path}: missing column {', '.join(missing)}; the file has columns {table.column_names}. "
             "Map columns in the config, e.g. data.columns: {text: review, label: cat}"
         )
-    values = {f: table[c] for f, c in source.items()}
+    values = {f: table[c][:] for f, c in source.items()}  # plain lists: indexing a Column row by row is ~100x slower
     keep: list[int] = []
     bad: list[str] = []
     for i in range(len(table)):
@@ -206,7 +211,8 @@ class LengthGroupedBatches(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._batches()
         per_replica = len(self)
-        batches += batches[: per_replica * self.num_replicas - len(batches)]  # equal count per rank
+        # Equal count per rank (else DDP hangs), repeating batches as often as needed.
+        batches = [batches[i % len(batches)] for i in range(max(len(batches), per_replica * self.num_replicas))]
         return iter(batches[self.rank :: self.num_replicas][:per_replica])
 
     def __len__(self) -> int:

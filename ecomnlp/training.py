@@ -41,6 +41,7 @@ class Split:
 class Prepared:
     train: Split
     valid: Split
+    test: Split | None
     max_length: int
     stats: dict[str, Any]
 
@@ -60,7 +61,7 @@ def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
 
 
 def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed: int) -> Prepared:
-    """Load and check train/valid rows, fit the task on train only, tokenize both."""
+    """Load and check every split before training; fit the task on train only; tokenize."""
     if not data.train:
         raise ValueError("data.train is required")
     train_rows = load_rows(data.train, task, data.columns, data.on_bad_row)
@@ -79,11 +80,12 @@ def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed
     stats = {"train_file": str(data.train), "train_rows_available": available, "train_examples": len(train_rows),
              "valid_file": str(data.valid) if data.valid else f"{data.valid_fraction:.0%} of train",
              "valid_examples": len(valid_rows), "max_length": max_length}
-    return Prepared(
-        Split(tokenize(tokenizer, train_rows.texts, max_length), encode_targets(train_rows, task, label_column)),
-        Split(tokenize(tokenizer, valid_rows.texts, max_length), encode_targets(valid_rows, task, label_column)),
-        max_length, stats,
-    )
+
+    def split(rows: Rows) -> Split:
+        return Split(tokenize(tokenizer, rows.texts, max_length), encode_targets(rows, task, label_column))
+
+    test = split(load_rows(data.test, task, data.columns, data.on_bad_row)) if data.test else None
+    return Prepared(split(train_rows), split(valid_rows), test, max_length, stats)
 
 
 class TaskData(L.LightningDataModule):
@@ -227,10 +229,15 @@ def train(
     if not fit.is_global_zero:
         return summary
     module.to("cpu")
-    valid = prepared.valid
-    logits = predict_logits(backbone, the_task.name, head, valid.ids, data.eval_batch_size, pooling)
-    metrics = {k: v.item() for k, v in the_task.metrics()(logits, torch.tensor(valid.targets)).items()}
-    summary.update(valid_metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
+
+    def score(split: Split) -> dict[str, float]:
+        logits = predict_logits(backbone, the_task.name, head, split.ids, data.eval_batch_size, pooling)
+        return {k: v.item() for k, v in the_task.metrics()(logits, torch.tensor(split.targets)).items()}
+
+    metrics = {"valid": score(prepared.valid)}
+    if prepared.test is not None:
+        metrics["test"] = {**score(prepared.test), "examples": len(prepared.test.ids)}
+    summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
     card = {
         "task": the_task.name,
         "task_state": task_state(the_task),
@@ -242,7 +249,7 @@ def train(
         "lora": dataclasses.asdict(lora),
         "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch,
                      "seed": trainer.seed, "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},
-        "metrics": {"valid": metrics},
+        "metrics": metrics,
         "ecomnlp_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

