@@ -79,12 +79,24 @@ def evaluate_command(model: str, data: str, out: str, columns: dict[str, str] | 
     print(f"report: {out}/metrics.json")
 
 
+def train_arguments(config: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``ecomnlp.train`` from a YAML config plus ``--key value`` overrides."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(train_command)
+    parsed = parser.parse_args(["--config", config, *overrides]) if config else parser.parse_args(list(overrides))
+    parsed = parser.instantiate_classes(parsed)
+    return {k: v for k, v in vars(parsed).items() if k != "config"}
+
+
 def predict_command(model: str, text: list[str]) -> None:
     """Predict with a trained task directory; prints one JSON line per text.
 
     Args:
         model: trained task directory.
-        text: one or more texts.
+        text: one or more texts, e.g. ``--text '["great tea", "arrived broken"]'``.
     """
     from .predictor import load
 

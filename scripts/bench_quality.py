@@ -1,0 +1,135 @@
+"""Quality benchmark: train each task on real data, evaluate on its test split, and measure a
+TF-IDF + logistic-regression baseline on the same split in the same run. Writes
+reports/bench_quality.json and the README results table (between the bench_quality markers).
+
+    python scripts/bench_quality.py [--zh-train-examples N] [--only NAME ...]
+
+`--zh-train-examples` caps the Chinese training rows (a seeded random subset, the same one the
+baseline is also fitted on); the table states how many rows and steps produced each figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README_START, README_END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+
+
+@dataclass
+class Case:
+    name: str
+    config: str
+    analyzer: str  # TF-IDF analyzer of the baseline: "char" (Chinese) or "word"
+    ngrams: tuple[int, int]
+    goal: float
+    chinese: bool
+
+
+CASES = [
+    Case("sentiment-en", "configs/review_sentiment_en.yaml", "word", (1, 2), 0.85, False),
+    Case("sentiment-zh", "configs/review_sentiment.yaml", "char", (1, 3), 0.955, True),
+    Case("category-zh", "configs/product_classification.yaml", "char", (1, 3), 0.915, True),
+]
+
+
+def tfidf_accuracy(args: dict, case: Case, train_limit: int | None) -> dict:
+    """TF-IDF + LR on the rows our model sees: same loader, same bad-row policy, same subset."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from ecomnlp.data import load_rows
+    from ecomnlp.task import build_task
+    from ecomnlp.training import _split_off
+
+    data, task = args["data"], build_task(args["task"], args["task_options"])
+    started = time.perf_counter()
+    train = load_rows(data.train, task, data.columns, data.on_bad_row)
+    if train_limit and train_limit < len(train):
+        train, _ = _split_off(train, 1 - train_limit / len(train), args["trainer"].seed)
+    test = load_rows(data.test, task, data.columns, data.on_bad_row)
+    vectorizer = TfidfVectorizer(analyzer=case.analyzer, ngram_range=case.ngrams, sublinear_tf=True, min_df=2)
+    features = vectorizer.fit_transform(train.texts[0])
+    model = LogisticRegression(C=10.0, max_iter=2000).fit(features, [str(v) for v in train.labels])
+    accuracy = float((model.predict(vectorizer.transform(test.texts[0])) == [str(v) for v in test.labels]).mean())
+    return {"accuracy": accuracy, "train_examples": len(train), "wall_time_s": round(time.perf_counter() - started, 1)}
+
+
+def run_case(case: Case, zh_limit: int | None, out_root: Path) -> dict:
+    import ecomnlp
+    from ecomnlp.cli import train_arguments
+
+    overrides = ["--out", str(out_root / case.name), "--trainer.progress_bar", "false"]
+    limit = zh_limit if case.chinese else None
+    if limit:
+        overrides += ["--data.max_train_examples", str(limit)]
+    args = train_arguments(str(ROOT / case.config), overrides)
+    baseline_full = tfidf_accuracy(args, case, None)
+    baseline_same = tfidf_accuracy(args, case, limit) if limit else baseline_full
+    summary = ecomnlp.train(**args)
+    return {"case": case.name, "model": args["model"], "task": args["task"], "goal": case.goal,
+            "ours": summary, "tfidf_full_train": baseline_full, "tfidf_same_rows": baseline_same}
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| task (test split) | base model | ours: accuracy | TF-IDF+LR, same rows | TF-IDF+LR, full train | goal | train rows | steps | max len | train wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ours = r["ours"]
+        acc = ours["metrics"]["test"]["accuracy"]
+        mark = "met" if acc >= r["goal"] else "not met"
+        lines.append(
+            f"| {r['case']} ({ours['metrics']['test']['examples']} rows) | {r['model']} | **{acc:.2%}** | "
+            f"{r['tfidf_same_rows']['accuracy']:.2%} | {r['tfidf_full_train']['accuracy']:.2%} "
+            f"({r['tfidf_full_train']['train_examples']} rows) | {r['goal']:.1%} ({mark}) | "
+            f"{ours['train_examples']} of {ours['train_rows_available']} | {ours['steps']} | {ours['max_length']} | "
+            f"{ours['wall_time_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    body = readme.read_text(encoding="utf-8")
+    if README_START not in body:
+        raise SystemExit(f"README.md has no {README_START} marker")
+    head, rest = body.split(README_START, 1)
+    tail = rest.split(README_END, 1)[1]
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}", encoding="utf-8")
+    os.replace(tmp, readme)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zh-train-examples", type=int, default=None, help="cap on Chinese training rows")
+    parser.add_argument("--only", nargs="*", default=None, help="case names to run")
+    parser.add_argument("--out", default="runs/bench", help="where trained tasks go")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    opts = parser.parse_args()
+    os.chdir(ROOT)
+    report_path = ROOT / "reports" / "bench_quality.json"
+    results: dict[str, dict] = {}
+    for case in CASES:
+        if opts.only and case.name not in opts.only:
+            continue
+        print(f"== {case.name}", flush=True)
+        results[case.name] = run_case(case, opts.zh_train_examples, Path(opts.out))
+        report_path.parent.mkdir(exist_ok=True)
+        report_path.write_text(json.dumps(list(results.values()), indent=2, ensure_ascii=False))
+        print(json.dumps(results[case.name], indent=2, ensure_ascii=False), flush=True)
+    text = table(list(results.values()))
+    print(text)
+    if not opts.no_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
