@@ -187,7 +187,9 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Train
         callbacks=[
             ModelCheckpoint(dirpath=work_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
-            EarlyStopping(monitor=monitor, mode="max", patience=settings.patience),
+            # Checked after each validation only: a run that ends (max_steps) before its first validation
+            # would otherwise fail at the epoch's end with "metric val/... not available".
+            EarlyStopping(monitor=monitor, mode="max", patience=settings.patience, check_on_train_epoch_end=False),
         ],
     )
 

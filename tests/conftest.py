@@ -27,7 +27,6 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterable[Path]:
     cache = tmp_path_factory.mktemp("ecomnlp_cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ECOMNLP_CACHE", str(cache))
-        mp.setenv("OMP_NUM_THREADS", "1")
         yield cache
 
 

@@ -154,6 +154,7 @@ def test_ddp_two_cpu_processes_train_one_artifact(tmp_path: Path, tiny_encoder: 
     config, _, out = _tiny_config(tmp_path, tiny_encoder)
     result = _run([sys.executable, "scripts/train.py", "--config", str(config), "--trainer.strategy", "ddp",
                    "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.max_steps", "2"], timeout=180)
+    assert "Starting with 2 processes" in result.stderr
     assert result.stdout.count('"metrics"') == 1  # one summary, from rank 0
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["steps"] == 2
