@@ -59,6 +59,39 @@ def train_command(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
+def finetune_command(
+    source: str,
+    data: str,
+    out: str,
+    examples: int | None = None,
+    test: str | None = None,
+    old_test: str | None = None,
+    columns: dict[str, str] | None = None,
+    trainer: TrainerSettings = TrainerSettings(),
+) -> None:
+    """Fine-tune a trained task on a new domain's labelled file; save it as a new task directory.
+
+    Prints the task's metrics before and after, on the new domain's held-out rows and (with
+    ``old_test``) on the old domain's test file, to show what was gained and what was forgotten.
+
+    Args:
+        source: trained task directory to start from (also accepted as ``--from``); it is not changed.
+        data: the new domain's labelled file.
+        out: new task directory to write.
+        examples: train on this many rows of ``data`` (seeded random); the others are held out.
+        test: the new domain's held-out file, instead of the rows not trained on.
+        old_test: the old domain's test file, to measure forgetting.
+        columns: task field -> file column; defaults to the source's mapping.
+        trainer: optimisation and Lightning settings.
+    """
+    from .training import finetune
+
+    config = DataConfig(train=data, test=test, columns=columns or {})
+    summary = finetune(source, config, out, examples, old_test, trainer)
+    if "metrics" in summary:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
 def evaluate_command(model: str, data: str, out: str, columns: dict[str, str] | None = None,
              on_bad_row: Literal["skip", "fail"] = "skip", batch_size: int = 64) -> None:
     """Evaluate a trained task directory on a labelled file; write ``out``/metrics.json and figures.
@@ -107,13 +140,16 @@ def predict_command(model: str, text: list[str]) -> None:
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "evaluate": evaluate_command, "predict": predict_command}
+            "finetune": finetune_command, "evaluate": evaluate_command, "predict": predict_command}
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli(COMMANDS, args=sys.argv[1:] if argv is None else argv, as_positional=False)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["finetune"]:
+        args = ["--source" if a == "--from" else a for a in args]  # `from` is a Python keyword
+    auto_cli(COMMANDS, args=args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ class TaskModels(Mapping[str, TaskModel]):
         return self[task].predict(inputs, batch_size)
 
 
-def attach(backbone: Backbone, path: str | Path, name: str) -> TaskModel:
+def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = False) -> TaskModel:
     """Load the task directory ``path`` as adapter ``name`` on an existing backbone."""
     from safetensors.torch import load_file
 
@@ -110,11 +110,11 @@ def attach(backbone: Backbone, path: str | Path, name: str) -> TaskModel:
     head = task.build_head(backbone.hidden_size)
     head.load_state_dict(load_file(str(Path(path) / HEAD)))
     head.to(next(backbone.parameters()).device).eval()
-    backbone.load_adapter(name, path)
+    backbone.load_adapter(name, path, trainable=trainable)
     return TaskModel(backbone, name, task, head, card)
 
 
-def _backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
+def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
     """The base a task was trained on: ``base`` if given, else its recorded folder, else its name."""
     if base is None:
         recorded = read_card(path)["base_model"]
@@ -124,7 +124,7 @@ def _backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
 
 def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel:
     """A trained task directory, ready to ``predict``. ``base`` overrides where the base model is found."""
-    return attach(_backbone_for(path, base, device), path, read_card(path)["task"])
+    return attach(backbone_for(path, base, device), path, read_card(path)["task"])
 
 
 def load_many(paths: Sequence[str | Path] | Mapping[str, str | Path], base: str | None = None, device: str = "cpu") -> TaskModels:
@@ -136,5 +136,5 @@ def load_many(paths: Sequence[str | Path] | Mapping[str, str | Path], base: str 
         paths = named
     if not paths:
         raise ValueError("load_many needs at least one task directory")
-    backbone = _backbone_for(next(iter(paths.values())), base, device)
+    backbone = backbone_for(next(iter(paths.values())), base, device)
     return TaskModels(backbone, {name: attach(backbone, p, name) for name, p in paths.items()})

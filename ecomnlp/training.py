@@ -42,6 +42,7 @@ class Prepared:
     train: Split
     valid: Split
     test: Split | None
+    rest: Split | None  # training-file rows left out by data.max_train_examples
     max_length: int
     stats: dict[str, Any]
 
@@ -60,19 +61,23 @@ def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     return pick(order[cut:]), pick(order[:cut])
 
 
-def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed: int) -> Prepared:
-    """Load and check every split before training; fit the task on train only; tokenize."""
+def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed: int,
+            fit_task: bool = True) -> Prepared:
+    """Load and check every split before training; fit the task on train only (unless it is
+    already fitted, as when fine-tuning); tokenize."""
     if not data.train:
         raise ValueError("data.train is required")
     train_rows = load_rows(data.train, task, data.columns, data.on_bad_row)
     available = len(train_rows)
+    rest_rows = None
     if data.max_train_examples and data.max_train_examples < available:
-        train_rows, _ = _split_off(train_rows, 1 - data.max_train_examples / available, seed)
+        train_rows, rest_rows = _split_off(train_rows, 1 - data.max_train_examples / available, seed)
     if data.valid:
         valid_rows = load_rows(data.valid, task, data.columns, data.on_bad_row)
     else:
         train_rows, valid_rows = _split_off(train_rows, data.valid_fraction, seed)
-    task.fit(train_rows.labels or [])
+    if fit_task:
+        task.fit(train_rows.labels or [])
     label_column = data.columns.get(task.schema.label, task.schema.label)
     max_length = data.max_length or choose_max_length(
         [len(x) for x in tokenize(tokenizer, train_rows.texts, model_limit)], data.length_percentile, model_limit
@@ -85,7 +90,8 @@ def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed
         return Split(tokenize(tokenizer, rows.texts, max_length), encode_targets(rows, task, label_column))
 
     test = split(load_rows(data.test, task, data.columns, data.on_bad_row)) if data.test else None
-    return Prepared(split(train_rows), split(valid_rows), test, max_length, stats)
+    rest = split(rest_rows) if rest_rows is not None else None
+    return Prepared(split(train_rows), split(valid_rows), test, rest, max_length, stats)
 
 
 class TaskData(L.LightningDataModule):
@@ -194,6 +200,51 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Train
     )
 
 
+def _fit(
+    backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, data: DataConfig,
+    settings: TrainerSettings, pooling: Pooling, out: Path,
+) -> tuple[L.Trainer, str]:
+    """Lightning fit of the active adapter + head; reloads the best validation checkpoint."""
+    module = TaskModule(backbone, task.name, head, task, pooling, settings)
+    fit = _trainer(settings, settings.monitor or f"val/{task.monitor}", out.with_name(out.name + ".train"))
+    datamodule = TaskData(prepared, backbone.tokenizer.pad_token_id, data.batch_size, data.eval_batch_size, settings.seed)
+    module.train()  # from_pretrained leaves the base in eval mode; train as usual (dropout on)
+    fit.fit(module, datamodule=datamodule)
+    best = fit.checkpoint_callback.best_model_path if fit.checkpoint_callback else ""
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"], strict=False)
+    module.to("cpu")
+    return fit, best
+
+
+def score(backbone: Backbone, task: Task, head: nn.Module, split: Split, pooling: Pooling,
+          batch_size: int) -> dict[str, float]:
+    """The task's metrics on a tokenized split, through the prediction path."""
+    logits = predict_logits(backbone, task.name, head, split.ids, batch_size, pooling)
+    metrics = {k: v.item() for k, v in task.metrics()(logits, torch.tensor(split.targets)).items()}
+    return {**metrics, "examples": len(split.ids)}
+
+
+def _card(task: Task, data: DataConfig, model: str, base_dir: Path, pooling: Pooling, lora: dict[str, Any],
+          prepared: Prepared, fit: L.Trainer, best: str, seed: int, metrics: dict[str, Any],
+          wall_time_s: float) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "task_state": task_state(task),
+        "schema": dataclasses.asdict(task.schema),
+        "columns": data.columns,
+        "base_model": {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)},
+        "pooling": pooling,
+        "max_length": prepared.max_length,
+        "lora": lora,
+        "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch,
+                     "seed": seed, "best_checkpoint": best, "wall_time_s": wall_time_s},
+        "metrics": metrics,
+        "ecomnlp_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def train(
     task: str,
     data: DataConfig,
@@ -206,7 +257,7 @@ def train(
 ) -> dict[str, Any]:
     """Train one task's LoRA adapter and head on the frozen base; save the task directory ``out``.
 
-    Logs and checkpoints go to ``<out>.train/``; the returned summary holds validation metrics.
+    Logs and checkpoints go to ``<out>.train/``; the returned summary holds the metrics.
     """
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
@@ -216,46 +267,76 @@ def train(
     prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed)
     backbone.add_adapter(the_task.name, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
     head = the_task.build_head(backbone.hidden_size)
-    module = TaskModule(backbone, the_task.name, head, the_task, pooling, trainer)
-    monitor = trainer.monitor or f"val/{the_task.monitor}"
     out_path = Path(out)
-    work_dir = out_path.with_name(out_path.name + ".train")
-    fit = _trainer(trainer, monitor, work_dir)
-    datamodule = TaskData(prepared, backbone.tokenizer.pad_token_id, data.batch_size, data.eval_batch_size, trainer.seed)
-    module.train()  # from_pretrained leaves the base in eval mode; train as usual (dropout on)
-    fit.fit(module, datamodule=datamodule)
-    best = fit.checkpoint_callback.best_model_path if fit.checkpoint_callback else ""
-    if best:
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"], strict=False)
+    fit, best = _fit(backbone, the_task, head, prepared, data, trainer, pooling, out_path)
     summary: dict[str, Any] = {"out": str(out_path), "steps": fit.global_step, **prepared.stats}
     if not fit.is_global_zero:
         return summary
-    module.to("cpu")
-
-    def score(split: Split) -> dict[str, float]:
-        logits = predict_logits(backbone, the_task.name, head, split.ids, data.eval_batch_size, pooling)
-        return {k: v.item() for k, v in the_task.metrics()(logits, torch.tensor(split.targets)).items()}
-
-    metrics = {"valid": score(prepared.valid)}
+    metrics = {"valid": score(backbone, the_task, head, prepared.valid, pooling, data.eval_batch_size)}
     if prepared.test is not None:
-        metrics["test"] = {**score(prepared.test), "examples": len(prepared.test.ids)}
+        metrics["test"] = score(backbone, the_task, head, prepared.test, pooling, data.eval_batch_size)
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
-    card = {
-        "task": the_task.name,
-        "task_state": task_state(the_task),
-        "schema": dataclasses.asdict(the_task.schema),
-        "columns": data.columns,
-        "base_model": {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)},
-        "pooling": pooling,
-        "max_length": prepared.max_length,
-        "lora": dataclasses.asdict(lora),
-        "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch,
-                     "seed": trainer.seed, "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},
-        "metrics": metrics,
-        "ecomnlp_version": _version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    card = _card(the_task, data, model, base_dir, pooling, dataclasses.asdict(lora), prepared, fit, best,
+                 trainer.seed, metrics, summary["wall_time_s"])
     save_artifact(out_path, backbone, the_task.name, head, card)
+    return summary
+
+
+def finetune(
+    source: str,
+    data: DataConfig,
+    out: str,
+    examples: int | None = None,
+    old_test: str | None = None,
+    trainer: TrainerSettings = TrainerSettings(),
+) -> dict[str, Any]:
+    """Continue a trained task on a new domain's rows and save it as a new task directory ``out``.
+
+    The source directory is left unchanged. ``examples`` caps the new training rows (a seeded
+    random subset); without ``data.test`` the new rows not trained on are the held-out test.
+    Before and after fine-tuning, the task is scored on the new held-out rows and, given
+    ``old_test``, on the old domain's test file (forgetting).
+    """
+    from .artifact import read_card
+    from .predictor import attach, backbone_for
+
+    started = time.perf_counter()
+    L.seed_everything(trainer.seed, workers=True)
+    card = read_card(source)
+    backbone = backbone_for(source, None, "cpu")
+    model = attach(backbone, source, card["task"], trainable=True)
+    the_task, head, pooling = model.task, model.head, card["pooling"]
+    if examples is not None:
+        data = dataclasses.replace(data, max_train_examples=examples)
+    data = dataclasses.replace(data, columns=data.columns or card.get("columns", {}), max_length=card["max_length"])
+    prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed, fit_task=False)
+    held_out = {"new_domain": prepared.test or prepared.rest}
+    if held_out["new_domain"] is None:
+        raise ValueError("no held-out rows of the new domain: give data.test or examples smaller than the file")
+    if old_test:
+        old = load_rows(old_test, the_task, card.get("columns", {}), data.on_bad_row)
+        label_column = card.get("columns", {}).get(the_task.schema.label, the_task.schema.label)
+        held_out["old_domain"] = Split(tokenize(backbone.tokenizer, old.texts, prepared.max_length),
+                                       encode_targets(old, the_task, label_column))
+
+    def report() -> dict[str, dict[str, float]]:
+        return {name: score(backbone, the_task, head, split, pooling, data.eval_batch_size)
+                for name, split in held_out.items()}
+
+    before = report()
+    backbone.use(the_task.name, trainable=True)
+    out_path = Path(out)
+    fit, best = _fit(backbone, the_task, head, prepared, data, trainer, pooling, out_path)
+    summary: dict[str, Any] = {"out": str(out_path), "source": str(source), "steps": fit.global_step, **prepared.stats}
+    if not fit.is_global_zero:
+        return summary
+    metrics = {"valid": score(backbone, the_task, head, prepared.valid, pooling, data.eval_batch_size),
+               "before": before, "after": report()}
+    summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
+    new_card = _card(the_task, data, card["base_model"]["name"], backbone.base_dir, pooling, card["lora"], prepared,
+                     fit, best, trainer.seed, metrics, summary["wall_time_s"])
+    new_card["finetuned_from"] = {"path": str(source), "created": card.get("created"), "metrics": card.get("metrics")}
+    save_artifact(out_path, backbone, the_task.name, head, new_card)
     return summary
 
 

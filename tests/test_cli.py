@@ -133,7 +133,7 @@ def test_train_and_evaluate_scripts(tmp_path: Path, tiny_encoder: Path) -> None:
     result = _run([sys.executable, "scripts/train.py", "--config", str(config), "--trainer.max_steps", "2"])
     summary = json.loads(result.stdout[result.stdout.index("{"):])
     assert summary["steps"] == 2 and summary["out"] == str(out)
-    assert set(summary["metrics"]["valid"]) == {"accuracy", "f1_macro"}
+    assert set(summary["metrics"]["valid"]) == {"accuracy", "f1_macro", "examples"}
     _check_artifact(out, steps=2)
 
     report = tmp_path / "report"

@@ -89,14 +89,14 @@ def test_card_metrics_match_the_saved_model(sentiment: dict[str, Any], sentiment
 
     card = json.loads((sentiment["out"] / "card.json").read_text())
     assert card["metrics"]["valid"] == sentiment["summary"]["metrics"]["valid"]
-    assert set(card["metrics"]["valid"]) == {"accuracy", "f1_macro"}
+    assert set(card["metrics"]["valid"]) == {"accuracy", "f1_macro", "examples"}
     model = ecomnlp.load(sentiment["out"])
     rows = load_rows(sentiment_csv, model.task, card["columns"])
     _, valid = _split_off(rows, 0.1, card["training"]["seed"])  # how train() held rows out
     assert len(valid) == card["training"]["valid_examples"]
     targets = torch.tensor([model.task.encode_target(v) for v in valid.labels])
     recomputed = {k: v.item() for k, v in model.task.metrics()(model.logits(valid.texts[0]), targets).items()}
-    assert recomputed == pytest.approx(card["metrics"]["valid"], abs=1e-6)
+    assert {**recomputed, "examples": len(valid)} == pytest.approx(card["metrics"]["valid"], abs=1e-6)
 
 
 def test_artifact_directory_is_four_safe_files_and_a_complete_card(sentiment: dict[str, Any],
