@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 from .config import DataConfig, LoraSettings, TrainerSettings
@@ -92,18 +93,31 @@ def finetune_command(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
-def evaluate_command(model: str, data: str, out: str, columns: dict[str, str] | None = None,
-             on_bad_row: Literal["skip", "fail"] = "skip", batch_size: int = 64) -> None:
-    """Evaluate a trained task directory on a labelled file; write ``out``/metrics.json and figures.
+def evaluate_command(model: str | None = None, data: str | None = None, out: str | None = None,
+                     columns: dict[str, str] | None = None, on_bad_row: Literal["skip", "fail"] = "skip",
+                     batch_size: int = 64, suite: str | None = None) -> None:
+    """Evaluate a trained task on a labelled file, or every task of a suite in one report.
 
     Args:
         model: trained task directory.
         data: labelled CSV / JSONL / Parquet file or saved dataset.
-        out: report folder.
+        out: report folder (metrics.json and figures).
         columns: task field -> file column; defaults to the mapping used in training.
         on_bad_row: skip rows with empty text or label (counted in the log), or fail.
         batch_size: rows per forward pass.
+        suite: a suite YAML (tasks, test files, baseline); writes report.md, report.json, index.html.
     """
+    if suite:
+        from .report import evaluate_suite
+
+        report = evaluate_suite(suite)
+        for entry in report["tasks"]:
+            scalars = {k: v for k, v in entry["ours"].items() if isinstance(v, (int, float))}
+            print(entry["name"], json.dumps(scalars), "baseline accuracy:", entry["baseline"].get("accuracy", "—"))
+        print(f"report: {Path(report['out']) / 'index.html'}")
+        return
+    if not (model and data and out):
+        raise ValueError("give --model, --data and --out, or --suite")
     from .evaluation import evaluate as run
 
     report = run(model, data, out, columns, on_bad_row, batch_size)

@@ -60,6 +60,16 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
     return path
 
 
+def labelled(trained: Any, data: str, columns: dict[str, str] | None, on_bad_row: str) -> tuple[Any, torch.Tensor]:
+    """Checked rows of a labelled file and the task's targets; columns default to the training mapping."""
+    from .data import encode_targets, load_rows
+
+    mapping = trained.card.get("columns", {}) if columns is None else columns
+    rows = load_rows(data, trained.task, mapping, on_bad_row)
+    label_column = mapping.get(trained.task.schema.label, trained.task.schema.label)
+    return rows, torch.tensor(encode_targets(rows, trained.task, label_column))
+
+
 def evaluate(
     model: str,
     data: str,
@@ -72,15 +82,11 @@ def evaluate(
 
     ``columns`` maps task fields to file columns; by default the mapping used in training.
     """
-    from .data import encode_targets, load_rows
     from .predictor import load
 
     started = time.perf_counter()
     trained = load(model)
-    mapping = trained.card.get("columns", {}) if columns is None else columns
-    rows = load_rows(data, trained.task, mapping, on_bad_row)
-    label_column = mapping.get(trained.task.schema.label, trained.task.schema.label)
-    targets = torch.tensor(encode_targets(rows, trained.task, label_column))
+    rows, targets = labelled(trained, data, columns, on_bad_row)
     logits = trained.logits([dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)], batch_size)
     out_dir = Path(out)
     report = {

@@ -13,7 +13,9 @@ import yaml
 from conftest import sentiment_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+SUITES = [p for p in ALL_CONFIGS if "tasks" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {})]
+CONFIGS = [p for p in ALL_CONFIGS if p not in SUITES]
 ARTIFACT_FILES = ["adapter_config.json", "adapter_model.safetensors", "card.json", "head.safetensors"]
 
 
@@ -89,6 +91,13 @@ def test_every_config_parses_with_the_train_parser(config: Path, capsys: pytest.
     build_task(parsed["task"], parsed["task_options"])  # a registered task with valid options
     assert parsed["model"] in _registry() or Path(parsed["model"]).is_dir()
     assert parsed["out"]
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
+def test_every_suite_config_names_models_and_test_files(suite: Path) -> None:
+    spec = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    assert spec["tasks"] and all({"name", "model", "data"} <= set(entry) for entry in spec["tasks"])
+    assert len({entry["name"] for entry in spec["tasks"]}) == len(spec["tasks"])
 
 
 def test_config_typo_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
