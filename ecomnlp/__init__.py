@@ -1,7 +1,7 @@
 """ecomnlp: one frozen text encoder, one LoRA adapter per e-commerce task.
 
 The public API is imported lazily so ``import ecomnlp`` stays fast:
-``load``, ``load_many``, ``train``, ``evaluate``.
+``load``, ``load_many``, ``train``, ``evaluate``, ``cluster``.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _API = {
     "load_many": "ecomnlp.predictor",
     "train": "ecomnlp.training",
     "evaluate": "ecomnlp.evaluation",
+    "cluster": "ecomnlp.clustering",
 }
 
 __all__ = list(_API)

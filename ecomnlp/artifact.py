@@ -45,13 +45,18 @@ def base_checksum(base_dir: str | Path) -> str:
     return _checksum(str(base), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON next to ``path`` and rename it into place."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text next to ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON next to ``path`` and rename it into place."""
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -9,13 +9,13 @@ from typing import Any, Sequence
 
 import torch
 
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def looks_cjk(texts: Sequence[str], sample: int = 200) -> bool:
     """True when most texts contain Chinese/Japanese/Korean characters (then char n-grams fit)."""
     head = list(texts[:sample])
-    return sum(bool(_CJK.search(t)) for t in head) > len(head) / 2
+    return sum(bool(CJK.search(t)) for t in head) > len(head) / 2
 
 
 def tfidf_logits(train_texts: Sequence[str], train_targets: Sequence[int], test_texts: Sequence[str],

@@ -151,10 +151,37 @@ def predict_command(model: str, text: list[str]) -> None:
         print(json.dumps(row, ensure_ascii=False))
 
 
+def cluster_command(data: str, text: str, out: str, model: str | None = None, base: str | None = None,
+                    k: int | Literal["auto"] = "auto", max_k: int = 20, batch_size: int = 64, seed: int = 0) -> None:
+    """Cluster the texts of one column (e.g. product titles); write clusters.csv, clusters.json and map.png.
+
+    Args:
+        data: CSV / TSV / JSONL / Parquet file or saved dataset.
+        text: the column to cluster.
+        out: report folder.
+        model: a trained task directory, to embed through its adapter; default: the base model alone.
+        base: base model name or folder; default: the task's own base, or minilm-l6 without --model.
+        k: the number of clusters, or auto (the best silhouette over 2..max_k).
+        max_k: the largest k that auto tries.
+        batch_size: texts per forward pass.
+        seed: k-means seed.
+    """
+    from .clustering import cluster, read_texts
+
+    texts, rows = read_texts(data, text)
+    result = cluster(texts, k, model, base, max_k=max_k, batch_size=batch_size, seed=seed)
+    result.save(out, rows)
+    print(f"{len(texts)} texts, k={result.k}, silhouette {result.silhouette:.3f}")
+    for c in result.clusters:
+        print(f"{c['cluster']:>3} {c['size']:>7}  {', '.join(c['terms'][:6])}")
+    print(f"report: {out}/clusters.json")
+
+
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "finetune": finetune_command, "evaluate": evaluate_command, "predict": predict_command}
+            "finetune": finetune_command, "evaluate": evaluate_command, "predict": predict_command,
+            "cluster": cluster_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ _CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Micro Hei", "We
               "Source Han Sans SC", "SimHei", "AR PL UMing CN", "Droid Sans Fallback")
 
 
-def _font_for(labels: list[str]) -> str | None:
+def font_for(labels: list[str]) -> str | None:
     """A font that can draw the labels, or None when a CJK label has no font here."""
     from matplotlib import font_manager
 
@@ -23,18 +23,34 @@ def _font_for(labels: list[str]) -> str | None:
     return next((f for f in _CJK_FONTS if f in installed), None)
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG next to ``path``, rename it into place, and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    pyplot().close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
     """Confusion matrix (rows true, columns predicted) as a PNG, written atomically.
 
     Labels a local font cannot draw (e.g. Chinese without a CJK font) are shown as their
     index; the metrics JSON lists the names in the same order.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    font = _font_for(labels)
+    plt = pyplot()
+    font = font_for(labels)
     ticks = labels if font else [str(i) for i in range(len(labels))]
     n = len(labels)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n), dpi=110)
@@ -52,12 +68,7 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
                     color="white" if value > peak / 2 else "black")
     ax.set_title("confusion matrix" + ("" if font else " (labels by index, see metrics.json)"))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def labelled(trained: Any, data: str, columns: dict[str, str] | None, on_bad_row: str) -> tuple[Any, torch.Tensor]:

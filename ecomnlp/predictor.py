@@ -1,6 +1,7 @@
 """Trained tasks in memory: ``load`` one, or ``load_many`` on one shared base."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -32,24 +33,40 @@ def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
 
 
 @torch.inference_mode()
+def embed(
+    backbone: Backbone, adapter: str | None, ids: Sequence[Sequence[int]], batch_size: int, pooling: Pooling = "mean",
+) -> torch.Tensor:
+    """Pooled vectors (on the CPU) for token-id rows, in input order; batches are grouped by length.
+
+    ``adapter`` is the adapter to run through, or None for the base model alone.
+    """
+    if adapter is not None:
+        backbone.use(adapter)
+    base_only = backbone.encoder.disable_adapter() if adapter is None and backbone.adapters else nullcontext()
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    vectors = torch.empty(len(ids), backbone.hidden_size)
+    pad = backbone.tokenizer.pad_token_id
+    with base_only:
+        for batch in LengthGroupedBatches([len(x) for x in ids], batch_size, shuffle=False):
+            tensors = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
+            vectors[batch] = backbone(**tensors, pooling=pooling).float().cpu()
+    backbone.train(was_training)
+    return vectors
+
+
+@torch.inference_mode()
 def predict_logits(
     backbone: Backbone, adapter: str, head: nn.Module, ids: Sequence[Sequence[int]], batch_size: int,
     pooling: Pooling = "mean",
 ) -> torch.Tensor:
     """Logits for token-id rows, in input order; batches are grouped by length."""
-    backbone.use(adapter)
-    was_training = backbone.training, head.training
-    backbone.eval(), head.eval()
-    device = next(head.parameters()).device
-    out: list[tuple[list[int], torch.Tensor]] = []
-    pad = backbone.tokenizer.pad_token_id
-    for batch in LengthGroupedBatches([len(x) for x in ids], batch_size, shuffle=False):
-        tensors = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
-        out.append((batch, head(backbone(**tensors, pooling=pooling)).float().cpu()))
-    backbone.train(was_training[0]), head.train(was_training[1])
-    logits = torch.empty(len(ids), out[0][1].shape[-1])
-    for batch, values in out:
-        logits[batch] = values
+    vectors = embed(backbone, adapter, ids, batch_size, pooling)
+    was_training = head.training
+    head.eval()
+    logits = head(vectors.to(next(head.parameters()).device)).float().cpu()
+    head.train(was_training)
     return logits
 
 
@@ -74,6 +91,12 @@ class TaskModel:
 
     def predict(self, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:
         return self.task.decode(self.logits(inputs, batch_size))
+
+    def explain(self, inputs: Inputs, top_k: int | None = 5, batch_size: int = 64) -> list[dict[str, Any]]:
+        """The words that raised each predicted label's probability most, by occlusion (``ecomnlp.explain``)."""
+        from .explain import explain
+
+        return explain(self, inputs, top_k, batch_size)
 
     def __repr__(self) -> str:
         return f"TaskModel({self.card['task']!r}, adapter={self.adapter!r}, base={self.card['base_model']['name']!r})"
