@@ -93,6 +93,20 @@ def finetune_command(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
+def merge_command(models: list[str], weights: list[float], out: str, combination: str = "cat") -> None:
+    """Merge trained adapters of one task (e.g. two domains) with weights into a new task directory.
+
+    Args:
+        models: trained task directories of the same task, labels and base model.
+        weights: one weight per directory.
+        out: new task directory.
+        combination: peft combination type: cat (exact weighted sum of the LoRA updates), linear, svd, ties, ...
+    """
+    from .compose import merge
+
+    print(f"merged adapter saved in {merge(models, weights, out, combination)}")
+
+
 def evaluate_command(model: str | None = None, data: str | None = None, out: str | None = None,
                      columns: dict[str, str] | None = None, on_bad_row: Literal["skip", "fail"] = "skip",
                      batch_size: int = 64, suite: str | None = None) -> None:
@@ -180,8 +194,8 @@ def cluster_command(data: str, text: str, out: str, model: str | None = None, ba
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "finetune": finetune_command, "evaluate": evaluate_command, "predict": predict_command,
-            "cluster": cluster_command}
+            "finetune": finetune_command, "merge": merge_command, "evaluate": evaluate_command,
+            "predict": predict_command, "cluster": cluster_command}
 
 
 def main(argv: list[str] | None = None) -> None:
