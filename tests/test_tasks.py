@@ -93,7 +93,7 @@ def test_task_defined_outside_library_trains_saves_loads_predicts(tmp_path: Path
     out = tmp_path / "words_model"
     summary = quick_train("toy_word_count", train, out, tiny_encoder, columns={"text": "sentence", "words": "n"},
                           epochs=4)
-    assert set(summary["metrics"]["valid"]) == {"neg_mae"}
+    assert set(summary["metrics"]["valid"]) == {"neg_mae", "examples"}
     assert math.isfinite(summary["metrics"]["valid"]["neg_mae"])
 
     card = json.loads((out / "card.json").read_text())
@@ -205,7 +205,7 @@ def test_multi_label_trains_and_predicts_label_lists(tmp_path: Path, tiny_encode
     out = tmp_path / "multi"
     summary = quick_train("product_classification", train, out, tiny_encoder, columns={"text": "title", "label": "tags"},
                           task_options={"multi_label": True})
-    assert set(summary["metrics"]["valid"]) == {"accuracy", "f1_macro", "f1_micro"}
+    assert set(summary["metrics"]["valid"]) == {"accuracy", "f1_macro", "f1_micro", "examples"}
     model = ecomnlp.load(out)
     assert model.task.multi_label and model.task.labels == ["en", "negative", "positive", "zh"]
     predictions = model.predict([r[0] for r in rows[:12]])
