@@ -61,7 +61,7 @@ def read_table(path: str | Path) -> Dataset:
                 raise DataError(f"{path}: the file has no data rows (header only)")
         # Every column as text: type guessing would turn label 1 into 1.0 next to a missing value,
         # and texts such as "NA", "None" or "null" are texts, not missing values (empty fields stay "").
-        options = {"sep": sep, "keep_default_na": False,
+        options = {"sep": sep, "keep_default_na": False, "encoding": "utf-8-sig",  # a leading BOM is not a column name
                    "features": Features({c: Value("string") for c in header})}
     elif kind == "json":
         _check_utf8(path)

@@ -333,3 +333,12 @@ def test_real_online_shopping_train_skips_only_the_empty_review(shared_data: Pat
     assert pd.Series(rows.texts[0]).duplicated().sum() == kept["review"].duplicated().sum() > 0
     with pytest.raises(DataError, match=rf"row {empty[0] + 1}, column 'review'"):
         load_rows(path, build_task("product_classification"), {"text": "review", "label": "cat"}, on_bad_row="fail")
+
+
+def test_csv_with_byte_order_mark_keeps_its_first_column_name(tmp_path: Path) -> None:
+    from ecomnlp.data import read_table
+
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffreview,label\ngood tea,1\n".encode("utf-8"))
+    table = read_table(path)
+    assert table.column_names == ["review", "label"] and table["review"][:] == ["good tea"]
