@@ -51,6 +51,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are private
     os.replace(tmp, path)
 
 
@@ -59,8 +60,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temporary directory to ``out``, replacing any previous one."""
+    """Move a finished temporary directory to ``out``, replacing any previous one.
+
+    Temporary files are private (0600/0700); the result gets the usual permissions (umask).
+    """
+    mask = _umask()
+    for path in tmp.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+    tmp.chmod(0o777 & ~mask)
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

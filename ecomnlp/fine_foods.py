@@ -68,6 +68,7 @@ def _extract(source_dir: Path, target: Path) -> None:
         os.close(fd)
         try:
             frame.to_csv(tmp, index=False, lineterminator="\n")
+            os.chmod(tmp, 0o644)  # mkstemp files are private
             os.replace(tmp, target / f"{split}.csv")
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -277,3 +277,15 @@ def test_interrupted_save_leaves_previous_artifact_intact(sentiment: dict[str, A
     assert json.loads((out / "card.json").read_text())["note"] == "second"
     assert sorted(p.name for p in out.iterdir()) == ARTIFACT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_artifact_files_get_the_usual_permissions(sentiment: dict[str, Any]) -> None:
+    """Built in private temp folders, but published readable like any file the user writes (umask)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    out = sentiment["out"]
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    for f in out.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f.name
