@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 SAMPLE_TEXTS = [
     "great coffee, fast shipping", "the blender broke after a week", "手机电池很耐用，物流很快",
@@ -10,11 +13,27 @@ SAMPLE_TEXTS = [
     "书的内容很好", "热水器安装师傅很专业", "the shampoo smells lovely", "平板屏幕有坏点",
 ]
 
+# SmolLM2-Instruct's ChatML template, verbatim (a missing system message gets SmolLM's default one).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _save_random(model_class: type[PreTrainedModel], config: PretrainedConfig, out: Path, seed: int) -> Path:
+    """Save ``model_class(config)`` with weights drawn from ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(out)
+    return out
+
 
 def make_tiny_encoder(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, hidden: int = 32, layers: int = 2,
                       seed: int = 0) -> Path:
     """Write a random BERT encoder with a WordPiece tokenizer trained on ``texts`` to ``out``."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -34,8 +53,31 @@ def make_tiny_encoder(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, hidd
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
         mask_token="[MASK]", model_max_length=128,
     ).save_pretrained(out)
-    torch.manual_seed(seed)
     config = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128)
-    BertModel(config).save_pretrained(out)
-    return out
+    return _save_random(BertModel, config, out, seed)
+
+
+def make_tiny_causal_lm(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, seed: int = 0) -> Path:
+    """Write a random 2-layer Llama with a byte-level BPE tokenizer trained on ``texts`` and SmolLM2's ChatML
+    template and special tokens (bos ``<|im_start|>``, eos = pad ``<|im_end|>``) to ``out``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2 as in SmolLM2
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # any text encodes
+    tok.train_from_iterator(list(texts) * 2, trainer)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>", chat_template=CHATML_TEMPLATE, model_max_length=256,
+    ).save_pretrained(out)
+    config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    return _save_random(LlamaForCausalLM, config, out, seed)
