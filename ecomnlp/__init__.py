@@ -1,7 +1,7 @@
 """ecomnlp: one frozen text encoder, one LoRA adapter per e-commerce task.
 
 The public API is imported lazily so ``import ecomnlp`` stays fast:
-``load``, ``load_many``, ``train``, ``evaluate``, ``cluster``.
+``load``, ``load_many``, ``train``, ``train_multitask``, ``evaluate``, ``cluster``.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ _API = {
     "load": "ecomnlp.predictor",
     "load_many": "ecomnlp.predictor",
     "train": "ecomnlp.training",
+    "train_multitask": "ecomnlp.multitask",
     "evaluate": "ecomnlp.evaluation",
     "cluster": "ecomnlp.clustering",
 }

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import DataConfig, LoraSettings, TrainerSettings
+from .config import DataConfig, LoraSettings, TaskSpec, TrainerSettings
 
 
 def models_command() -> None:
@@ -56,6 +56,41 @@ def train_command(
     from .training import train as run
 
     summary = run(task, data, out, model, task_options, pooling, lora, trainer)
+    if "metrics" in summary:  # only the process that saved (rank 0) reports
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def train_multitask_command(
+    tasks: dict[str, TaskSpec],
+    model: str,
+    out: str,
+    adapters: Literal["per_task", "shared"] = "per_task",
+    sampler: Literal["proportional", "temperature", "uniform"] = "proportional",
+    temperature: float = 2.0,
+    pooling: Literal["mean", "cls"] = "mean",
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = TrainerSettings(),
+    steps_per_epoch: int | None = None,
+) -> None:
+    """Train several tasks jointly on one frozen base model; save one task directory per task, ``<out>/<name>``.
+
+    Args:
+        tasks: name -> {task, data, task_options}; the name is the task's directory under ``out``.
+        model: base model name (see ``ecomnlp models``) or a local Hugging Face directory.
+        out: folder of the task directories.
+        adapters: one LoRA adapter per task, or one shared by all (each directory gets a copy).
+        sampler: which task's batch comes next: proportional to its training rows, temperature
+            (p ∝ n^(1/temperature)), or uniform.
+        temperature: the temperature sampler's T.
+        pooling: how token vectors become one vector.
+        lora: adapter hyper-parameters.
+        trainer: optimisation and Lightning settings; early stopping follows val/mean by default.
+        steps_per_epoch: steps per epoch; default every task's batches once.
+    """
+    from .multitask import train_multitask
+
+    summary = train_multitask(tasks, model, out, adapters, sampler, temperature, pooling, lora, trainer,
+                              steps_per_epoch)
     if "metrics" in summary:  # only the process that saved (rank 0) reports
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
@@ -194,8 +229,8 @@ def cluster_command(data: str, text: str, out: str, model: str | None = None, ba
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "finetune": finetune_command, "merge": merge_command, "evaluate": evaluate_command,
-            "predict": predict_command, "cluster": cluster_command}
+            "train-multitask": train_multitask_command, "finetune": finetune_command, "merge": merge_command,
+            "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -26,6 +26,15 @@ class DataConfig:
     length_percentile: float = 98.0
     batch_size: int = 32
     eval_batch_size: int = 128
+
+
+@dataclass
+class TaskSpec:
+    """One task of a joint run (``train_multitask``): a registered task, its rows, its options."""
+
+    task: str
+    data: DataConfig
+    task_options: dict[str, Any] | None = None
 
 
 @dataclass

@@ -94,6 +94,20 @@ def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed
     return Prepared(split(train_rows), split(valid_rows), test, rest, max_length, stats)
 
 
+def rank_batches(split: Split, batch_size: int, shuffle: bool, seed: int, trainer: L.Trainer) -> LengthGroupedBatches:
+    """This rank's share of ``split`` in length-grouped batches (row indices)."""
+    return LengthGroupedBatches([len(x) for x in split.ids], batch_size, shuffle=shuffle, seed=seed,
+                                num_replicas=trainer.world_size, rank=trainer.global_rank)
+
+
+def split_loader(split: Split, pad_id: int, batch_size: int, shuffle: bool, seed: int,
+                 trainer: L.Trainer) -> torch.utils.data.DataLoader:
+    """This rank's length-grouped batches of ``split``, padded per batch."""
+    return torch.utils.data.DataLoader(range(len(split.ids)),
+                                       batch_sampler=rank_batches(split, batch_size, shuffle, seed, trainer),
+                                       collate_fn=lambda idx: split.batch(idx, pad_id))
+
+
 class TaskData(L.LightningDataModule):
     """Length-grouped batches, padded per batch, each rank taking its own share."""
 
@@ -102,32 +116,58 @@ class TaskData(L.LightningDataModule):
         self.prepared, self.pad_id, self.seed = prepared, pad_id, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
 
-    def _loader(self, split: Split, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
-        sampler = LengthGroupedBatches(
-            [len(x) for x in split.ids], batch_size, shuffle=shuffle, seed=self.seed,
-            num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
-        )
-        return torch.utils.data.DataLoader(
-            range(len(split.ids)), batch_sampler=sampler, collate_fn=lambda idx: split.batch(idx, self.pad_id)
-        )
-
     def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.prepared.train, self.batch_size, shuffle=True)
+        return split_loader(self.prepared.train, self.pad_id, self.batch_size, True, self.seed, self.trainer)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
-        return self._loader(self.prepared.valid, self.eval_batch_size, shuffle=False)
+        return split_loader(self.prepared.valid, self.pad_id, self.eval_batch_size, False, self.seed, self.trainer)
 
 
-class TaskModule(L.LightningModule):
+class TrainableModule(L.LightningModule):
+    """What every training module shares: AdamW over the trainable weights (warmup, then linear
+    decay), and checkpoints that hold those weights only."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state()  # not the frozen base (~100s of MB)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch on a DataLoader's sampler, not on its batch sampler: a new
+        # shuffle per epoch needs this.
+        self.trainer.train_dataloader.batch_sampler.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * s.warmup_ratio)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class TaskModule(TrainableModule):
     """Backbone (one trainable adapter) + task head; loss and metrics come from the task."""
 
     def __init__(self, backbone: Backbone, adapter: str, head: nn.Module, task: Task, pooling: Pooling,
                  settings: TrainerSettings) -> None:
-        super().__init__()
-        self.backbone, self.adapter, self.head, self.task = backbone, adapter, head, task
-        self.pooling, self.settings = pooling, settings
+        super().__init__(settings)
+        self.backbone, self.adapter, self.head, self.task, self.pooling = backbone, adapter, head, task, pooling
         self.val_metrics = task.metrics().clone(prefix="val/")
-        self.strict_loading = False  # checkpoints hold the trainable weights only
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(input_ids, attention_mask, self.pooling))
@@ -145,28 +185,6 @@ class TaskModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
         self.val_metrics.reset()
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state()  # not the frozen base (~100s of MB)
-
-    def configure_optimizers(self) -> Any:
-        s = self.settings
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * s.warmup_ratio)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def _precision(settings: TrainerSettings) -> str:
@@ -206,8 +224,14 @@ def _fit(
 ) -> tuple[L.Trainer, str]:
     """Lightning fit of the active adapter + head; reloads the best validation checkpoint."""
     module = TaskModule(backbone, task.name, head, task, pooling, settings)
-    fit = _trainer(settings, settings.monitor or f"val/{task.monitor}", out.with_name(out.name + ".train"))
     datamodule = TaskData(prepared, backbone.tokenizer.pad_token_id, data.batch_size, data.eval_batch_size, settings.seed)
+    return _fit_module(module, datamodule, settings, settings.monitor or f"val/{task.monitor}", out)
+
+
+def _fit_module(module: TrainableModule, datamodule: L.LightningDataModule, settings: TrainerSettings, monitor: str,
+                out: Path) -> tuple[L.Trainer, str]:
+    """Lightning fit (logs and checkpoints in ``<out>.train/``); reloads the best validation checkpoint."""
+    fit = _trainer(settings, monitor, out.with_name(out.name + ".train"))
     module.train()  # from_pretrained leaves the base in eval mode; train as usual (dropout on)
     fit.fit(module, datamodule=datamodule)
     best = fit.checkpoint_callback.best_model_path if fit.checkpoint_callback else ""
@@ -218,9 +242,9 @@ def _fit(
 
 
 def score(backbone: Backbone, task: Task, head: nn.Module, split: Split, pooling: Pooling,
-          batch_size: int) -> dict[str, float]:
-    """The task's metrics on a tokenized split, through the prediction path."""
-    logits = predict_logits(backbone, task.name, head, split.ids, batch_size, pooling)
+          batch_size: int, adapter: str | None = None) -> dict[str, float]:
+    """The task's metrics on a tokenized split, through the prediction path (``adapter``: default the task's name)."""
+    logits = predict_logits(backbone, adapter or task.name, head, split.ids, batch_size, pooling)
     metrics = {k: v.item() for k, v in task.metrics()(logits, torch.tensor(split.targets)).items()}
     return {**metrics, "examples": len(split.ids)}
 

@@ -14,8 +14,9 @@ from conftest import sentiment_rows, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-SUITES = [p for p in ALL_CONFIGS if "tasks" in (yaml.safe_load(p.read_text(encoding="utf-8")) or {})]
-CONFIGS = [p for p in ALL_CONFIGS if p not in SUITES]
+RAW = {p: yaml.safe_load(p.read_text(encoding="utf-8")) or {} for p in ALL_CONFIGS}
+SUITES = [p for p in ALL_CONFIGS if isinstance(RAW[p].get("tasks"), list)]
+CONFIGS = [p for p in ALL_CONFIGS if "tasks" not in RAW[p]]  # joint runs (tasks: {name: ...}): test_multitask.py
 ARTIFACT_FILES = ["adapter_config.json", "adapter_model.safetensors", "card.json", "head.safetensors"]
 
 

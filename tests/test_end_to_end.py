@@ -289,3 +289,19 @@ def test_artifact_files_get_the_usual_permissions(sentiment: dict[str, Any]) -> 
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
     for f in out.iterdir():
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f.name
+
+
+def test_training_reshuffles_batches_every_epoch(tmp_path: Path, tiny_encoder: Path, sentiment_csv: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecomnlp.data import LengthGroupedBatches
+
+    seen: list[int] = []
+    real = LengthGroupedBatches.set_epoch
+
+    def record(sampler: LengthGroupedBatches, epoch: int) -> None:
+        seen.append(epoch)
+        real(sampler, epoch)
+
+    monkeypatch.setattr(LengthGroupedBatches, "set_epoch", record)
+    quick_train("review_sentiment", sentiment_csv, tmp_path / "out", tiny_encoder, columns={"text": "review"}, epochs=3)
+    assert seen == [0, 1, 2]
