@@ -81,6 +81,22 @@ def labelled(trained: Any, data: str, columns: dict[str, str] | None, on_bad_row
     return rows, torch.tensor(encode_targets(rows, trained.task, label_column))
 
 
+def evaluate_loaded(trained: Any, data: str, out: str, columns: dict[str, str] | None = None,
+                    on_bad_row: str = "skip", batch_size: int = 64) -> tuple[dict[str, Any], Any, torch.Tensor]:
+    """``evaluate`` for a task already in memory; also returns the checked test rows and targets."""
+    started = time.perf_counter()
+    rows, targets = labelled(trained, data, columns, on_bad_row)
+    logits = trained.logits([dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)], batch_size)
+    out_dir = Path(out)
+    report = {
+        "task": trained.card["task"], "data": str(data),
+        **trained.task.evaluate(logits, targets, out_dir),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(out_dir / "metrics.json", report)
+    return report, rows, targets
+
+
 def evaluate(
     model: str,
     data: str,
@@ -95,15 +111,5 @@ def evaluate(
     """
     from .predictor import load
 
-    started = time.perf_counter()
-    trained = load(model)
-    rows, targets = labelled(trained, data, columns, on_bad_row)
-    logits = trained.logits([dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)], batch_size)
-    out_dir = Path(out)
-    report = {
-        "model": str(model), "task": trained.card["task"], "data": str(data),
-        **trained.task.evaluate(logits, targets, out_dir),
-        "wall_time_s": round(time.perf_counter() - started, 1),
-    }
-    write_json_atomic(out_dir / "metrics.json", report)
-    return report
+    report, _, _ = evaluate_loaded(load(model), data, out, columns, on_bad_row, batch_size)
+    return {"model": str(model), **report}

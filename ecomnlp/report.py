@@ -12,26 +12,25 @@ A suite is a YAML file::
 from __future__ import annotations
 
 import html
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .artifact import write_json_atomic
-from .evaluation import evaluate, labelled
+from .artifact import write_json_atomic, write_text_atomic
 
 _SCALARS = ("accuracy", "f1_macro", "f1_micro", "mae", "examples")
 
 
-def _baseline(model_dir: str, data: str, columns: dict[str, str] | None, out_dir: Path) -> dict[str, Any]:
+EXPLAINED_EXAMPLES = 3
+
+
+def _baseline(trained: Any, test_rows: Any, test_targets: Any, out_dir: Path) -> dict[str, Any]:
     """The baseline's report on the same test rows, or why there is none."""
     from .baselines import describe, tfidf_logits
     from .data import encode_targets, load_rows
-    from .predictor import load
 
-    trained = load(model_dir)
     task, card = trained.task, trained.card
     train_file = card.get("training", {}).get("train_file")
     if getattr(task, "multi_label", False) or len(task.schema.text) != 1:
@@ -41,13 +40,15 @@ def _baseline(model_dir: str, data: str, columns: dict[str, str] | None, out_dir
     mapping = card.get("columns", {})
     train = load_rows(train_file, task, mapping, "skip")
     train_targets = encode_targets(train, task, mapping.get(task.schema.label, task.schema.label))
-    rows, targets = labelled(trained, data, columns, "skip")
-    logits = tfidf_logits(train.texts[0], train_targets, rows.texts[0], len(task.labels))
-    return {**describe(train.texts[0]), **task.evaluate(logits, targets, out_dir)}
+    logits = tfidf_logits(train.texts[0], train_targets, test_rows.texts[0], len(task.labels))
+    return {**describe(train.texts[0]), **task.evaluate(logits, test_targets, out_dir)}
 
 
 def evaluate_suite(suite: str | Path) -> dict[str, Any]:
     """Evaluate every task of the suite file; write report.json, report.md and index.html."""
+    from .evaluation import evaluate_loaded
+    from .predictor import load
+
     spec = yaml.safe_load(Path(suite).read_text(encoding="utf-8")) or {}
     if not spec.get("tasks"):
         raise ValueError(f"{suite}: lists no tasks (expected a 'tasks:' list of {{name, model, data}})")
@@ -58,21 +59,29 @@ def evaluate_suite(suite: str | Path) -> dict[str, Any]:
         if missing:
             raise ValueError(f"{suite}: task {i} lacks {missing}")
         folder = out / entry["name"]
-        ours = evaluate(entry["model"], entry["data"], str(folder), entry.get("columns"))
-        base = (_baseline(entry["model"], entry["data"], entry.get("columns"), folder / "baseline")
-                if spec.get("baseline", "tfidf") == "tfidf" else {"skipped": "baseline: none"})
-        entries.append({"name": entry["name"], "ours": ours, "baseline": base})
-    report = {"suite": str(suite), "out": str(out), "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tasks": entries}
+        trained = load(entry["model"])
+        ours, rows, targets = evaluate_loaded(trained, entry["data"], str(folder), entry.get("columns"))
+        ours["model"] = str(entry["model"])
+        if spec.get("baseline", "tfidf") == "tfidf":
+            base = _baseline(trained, rows, targets, folder / "baseline")
+        else:
+            base = {"skipped": "baseline: none"}
+        examples = [dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)][:EXPLAINED_EXAMPLES]
+        explained = [{"input": e, **x} for e, x in zip(examples, trained.explain(examples))]
+        entries.append({"name": entry["name"], "ours": ours, "baseline": base, "explanations": explained})
+    report = {"suite": str(suite), "out": str(out), "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "tasks": entries}
     write_json_atomic(out / "report.json", report)
-    _write_text(out / "report.md", _markdown(report))
-    _write_text(out / "index.html", _html(report))
+    write_text_atomic(out / "report.md", _markdown(report))
+    write_text_atomic(out / "index.html", _html(report))
     return report
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _explained(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(text, predicted label with probability, words that mattered most) per explained example."""
+    return [(" / ".join(str(v) for v in x["input"].values())[:120], f"{x['label']} ({x['probability']:.2f})",
+             ", ".join(f"{t['token']} ({t['weight']:+.3f})" for t in x["tokens"]))
+            for x in entry.get("explanations", [])]
 
 
 def _rows(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -99,6 +108,11 @@ def _markdown(report: dict[str, Any]) -> str:
         for figure in ours.get("figures", []):
             beside = f" ![baseline](./{entry['name']}/baseline/{figure})" if figure in base.get("figures", []) else ""
             lines += ["", f"![ours](./{entry['name']}/{figure}){beside}"]
+        explained = _explained(entry)
+        if explained:
+            lines += ["", "Why (occlusion: drop in the predicted label's probability without each word):", "",
+                      "| text | predicted | top words |", "|---|---|---|"]
+            lines += [f"| {t.replace('|', '/')} | {p} | {w.replace('|', '/')} |" for t, p, w in explained]
         lines.append("")
     return "\n".join(lines)
 
@@ -124,4 +138,10 @@ def _html(report: dict[str, Any]) -> str:
                 parts.append(f"<figure><img src='{esc(entry['name'])}/baseline/{esc(figure)}'>"
                              "<figcaption>baseline</figcaption></figure>")
             parts.append("</div>")
+        explained = _explained(entry)
+        if explained:
+            parts.append("<p>Why (occlusion: drop in the predicted label's probability without each word):</p>"
+                         "<table><tr><th>text</th><th>predicted</th><th>top words</th></tr>")
+            parts += [f"<tr><td>{esc(t)}</td><td>{esc(p)}</td><td>{esc(w)}</td></tr>" for t, p, w in explained]
+            parts.append("</table>")
     return "\n".join(parts) + "\n"

@@ -45,6 +45,10 @@ def test_suite_report_has_every_task_table_and_figures(suite: Path, capsys: pyte
             assert (out / name / figure).stat().st_size > 1000
             assert f"{name}/{figure}" in page and f"./{name}/{figure}" in markdown
         assert f"## {name}" in markdown and f"{entry['ours']['accuracy']:.4f}" in markdown
+        assert len(entry["explanations"]) == 3
+        for x in entry["explanations"]:
+            assert x["tokens"] and x["tokens"][0]["token"] in page
+            assert x["label"] in entry["ours"]["per_class"]
 
 
 def test_baseline_figures_match_a_direct_tfidf_fit(suite: Path) -> None:
