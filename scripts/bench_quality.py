@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-README_START, README_END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+from _bench import ROOT, tfidf_accuracy, write_readme_section
 
 
 @dataclass
@@ -34,29 +33,6 @@ CASES = [
     Case("sentiment-zh", "configs/review_sentiment.yaml", 0.955, True),
     Case("category-zh", "configs/product_classification.yaml", 0.915, True),
 ]
-
-
-def tfidf_accuracy(args: dict, train_limit: int | None) -> dict:
-    """TF-IDF + LR on the rows our model sees: same loader, same bad-row policy, same subset."""
-    import torch
-
-    from ecomnlp.baselines import describe, tfidf_logits
-    from ecomnlp.data import encode_targets, load_rows
-    from ecomnlp.task import build_task
-    from ecomnlp.training import _split_off
-
-    data, task = args["data"], build_task(args["task"], args["task_options"])
-    started = time.perf_counter()
-    train = load_rows(data.train, task, data.columns, data.on_bad_row)
-    if train_limit and train_limit < len(train):
-        train, _ = _split_off(train, 1 - train_limit / len(train), args["trainer"].seed)
-    test = load_rows(data.test, task, data.columns, data.on_bad_row)
-    task.fit(train.labels)
-    label = data.columns.get("label", "label")
-    test_targets = torch.tensor(encode_targets(test, task, label))
-    logits = tfidf_logits(train.texts[0], encode_targets(train, task, label), test.texts[0], len(task.labels))
-    accuracy = (logits.argmax(-1) == test_targets).float().mean().item()
-    return {**describe(train.texts[0]), "accuracy": accuracy, "wall_time_s": round(time.perf_counter() - started, 1)}
 
 
 def run_case(case: Case, zh_limit: int | None, out_root: Path) -> dict:
@@ -95,18 +71,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    readme = ROOT / "README.md"
-    body = readme.read_text(encoding="utf-8")
-    if README_START not in body:
-        raise SystemExit(f"README.md has no {README_START} marker")
-    head, rest = body.split(README_START, 1)
-    tail = rest.split(README_END, 1)[1]
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}", encoding="utf-8")
-    os.replace(tmp, readme)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zh-train-examples", type=int, default=None, help="cap on Chinese training rows")
@@ -130,7 +94,7 @@ def main() -> None:
     text = table([results[c.name] for c in CASES if c.name in results])
     print(text)
     if not opts.no_readme:
-        write_readme(text)
+        write_readme_section("bench_quality", text)
 
 
 if __name__ == "__main__":

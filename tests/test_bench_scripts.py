@@ -1,0 +1,65 @@
+"""The clustering and per-domain benchmark scripts, end to end on the tiny encoder and tiny copies of the data layout."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import NEGATIVE, POSITIVE, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+HOTEL = [("酒店早餐很好", "1"), ("酒店服务很专业", "1"), ("酒店早餐很难吃", "0"), ("酒店服务太慢", "0")]
+
+
+def _reviews(others: int, hotels: int) -> list[tuple[str, str, str]]:
+    """(cat, label, review) rows in the online_shopping_10_cats layout: two product categories, then hotels."""
+    rows = [("english" if t.isascii() else "中文", "1", t) for t in POSITIVE]
+    rows += [("english" if t.isascii() else "中文", "0", t) for t in NEGATIVE]
+    return (rows * 10)[:others] + [("酒店", label, t) for t, label in HOTEL * 10][:hotels]
+
+
+def _run_script(*args: str) -> None:
+    readme = (ROOT / "README.md").read_bytes()
+    result = subprocess.run([sys.executable, *args, "--no-readme"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert (ROOT / "README.md").read_bytes() == readme
+
+
+def test_bench_cluster(tmp_path: Path, tiny_encoder: Path) -> None:
+    data = write_csv(tmp_path / "test.csv", ["cat", "label", "review"], _reviews(24, 12) + [("中文", "1", " ")])
+    report = tmp_path / "bench_cluster.json"
+    _run_script("scripts/bench_cluster.py", "--data", str(data), "--base", str(tiny_encoder), "--rows", "30",
+                "--report", str(report))
+    r = json.loads(report.read_text(encoding="utf-8"))
+    assert (r["file_rows"], r["rows"], r["categories"], r["k"]) == (37, 30, 3, 3)  # the blank review is skipped
+    for method in ("ours", "tfidf"):
+        assert -1 <= r[method]["adjusted_rand_index"] <= 1 and 1 / 3 <= r[method]["purity"] <= 1
+        assert r[method]["wall_time_s"] >= 0
+    assert r["ours"]["encoder"] == str(tiny_encoder) and r["tfidf"]["features"] == "char 1-3-grams"
+
+
+def test_bench_domain(tmp_path: Path, tiny_encoder: Path) -> None:
+    data_dir = tmp_path / "data"
+    for split, (others, hotels) in {"train": (48, 30), "valid": (12, 4), "test": (12, 8)}.items():
+        write_csv(data_dir / f"{split}.csv", ["cat", "label", "review"], _reviews(others, hotels))
+    report, work = tmp_path / "bench_domain.json", tmp_path / "work"
+    _run_script("scripts/bench_domain.py", "--model", str(tiny_encoder), "--data-dir", str(data_dir),
+                "--train-examples", "40", "--examples", "20", "--max-steps", "2", "--work", str(work),
+                "--report", str(report))
+    r = json.loads(report.read_text(encoding="utf-8"))
+    assert {k: v["rows"] for k, v in r["parts"].items()} == {
+        "old_train": 48, "old_valid": 12, "old_test": 12, "new_train": 30, "new_test": 8}
+    assert set(r["accuracy"]) == {"no_finetune", "finetuned", "scratch", "tfidf"}
+    assert all(0 <= a <= 1 for run in r["accuracy"].values() for a in run.values())
+    after = r["finetuned"]["metrics"]["after"]
+    assert (after["new_domain"]["examples"], after["old_domain"]["examples"]) == (8, 12)
+    assert r["source"]["train_rows_available"] == 48 and r["source"]["valid_examples"] == 12
+    # (b) and (c) train on the same 20 hotel rows; the TF-IDF baseline is fitted on them too
+    for run in ("finetuned", "scratch"):
+        assert r[run]["train_examples"] + r[run]["valid_examples"] == 20 and r[run]["steps"] == 2
+    assert r["tfidf"]["train_examples"] == 20 and r["scratch"]["metrics"]["test"]["examples"] == 8
+    assert sorted(p.name for p in work.iterdir()) == ["data", "finetuned", "finetuned.train", "scratch",
+                                                      "scratch.train", "source", "source.train"]
