@@ -187,6 +187,46 @@ def train_arguments(config: str, overrides: list[str] = ()) -> dict[str, Any]:
     return {k: v for k, v in vars(parsed).items() if k != "config"}
 
 
+def cv_command(train_config: str, folds: int = 5, seed: int = 42) -> None:
+    """Cross-validate a train config on its training rows; prints each fold's validation metrics, their mean and std.
+
+    The folds are stratified by label for single-label classification; the config's valid and
+    test files are not read.
+
+    Args:
+        train_config: a train config (YAML), as for ``ecomnlp train --config``; also given as ``--config``.
+        folds: number of folds.
+        seed: seed of the fold assignment (training itself uses trainer.seed).
+    """
+    from .tuning import cross_validate
+
+    print(json.dumps(cross_validate(train_arguments(train_config), folds, seed), indent=2, ensure_ascii=False))
+
+
+def tune_command(train_config: str, out: str, trials: int = 10, folds: int | None = None,
+                 space: dict[str, list[float]] | None = None, seed: int = 42) -> None:
+    """Search learning rate, LoRA rank and LoRA dropout for a train config (Optuna TPE, seeded).
+
+    Writes ``<out>/best.yaml`` (the config with the best values, for ``ecomnlp train --config``)
+    and ``<out>/trials.json`` (every trial's values and score). The test file is never read.
+
+    Args:
+        train_config: a train config (YAML), as for ``ecomnlp train --config``; also given as ``--config``.
+        out: folder for best.yaml and trials.json.
+        trials: number of trainings (times folds with --folds).
+        folds: score each trial by the mean of k-fold cross-validation on the training rows,
+            instead of by the validation split.
+        space: e.g. ``'{lr: [1.0e-4, 3.0e-3], r: [4, 8, 16], dropout: [0.0, 0.2]}'``: lr and dropout
+            ranges (lr log-uniform), r choices; a key left out keeps the config's value.
+        seed: seed of the sampler and of the folds (training itself uses trainer.seed).
+    """
+    from .tuning import search
+
+    result = search(train_config, out, trials, space, folds, seed)
+    print(json.dumps(result["best"], indent=2))
+    print(f"best config: {Path(out) / 'best.yaml'}")
+
+
 def predict_command(model: str, text: list[str]) -> None:
     """Predict with a trained task directory; prints one JSON line per text.
 
@@ -230,15 +270,23 @@ def cluster_command(data: str, text: str, out: str, model: str | None = None, ba
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
             "train-multitask": train_multitask_command, "finetune": finetune_command, "merge": merge_command,
-            "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command}
+            "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
+            "cv": cv_command, "tune": tune_command}
+
+
+# Flags given under another name: `from` is a Python keyword, and jsonargparse keeps `config`
+# for a file of the command's own arguments, while cv and tune read a train config.
+_FLAGS = {"finetune": ("--from", "--source"), "cv": ("--config", "--train_config"),
+          "tune": ("--config", "--train_config")}
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import auto_cli
 
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["finetune"]:
-        args = ["--source" if a == "--from" else a for a in args]  # `from` is a Python keyword
+    if args[:1] and args[0] in _FLAGS:
+        flag, name = _FLAGS[args[0]]
+        args = [name + a[len(flag):] if a == flag or a.startswith(flag + "=") else a for a in args]
     auto_cli(COMMANDS, args=args, as_positional=False)
 
 

@@ -91,6 +91,12 @@ class Rows:
     def __len__(self) -> int:
         return len(self.row_numbers)
 
+    def subset(self, index: Sequence[int]) -> Rows:
+        """These rows at ``index``, in that order, keeping file and row numbers."""
+        return Rows(self.path, [[t[i] for i in index] for t in self.texts],
+                    [self.labels[i] for i in index] if self.labels is not None else None,
+                    [self.row_numbers[i] for i in index])
+
 
 def load_rows(
     path: str | Path,

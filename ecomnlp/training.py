@@ -51,40 +51,47 @@ def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     cut = max(1, int(len(order) * fraction))
+    return rows.subset(sorted(order[cut:])), rows.subset(sorted(order[:cut]))
 
-    def pick(idx: list[int]) -> Rows:
-        idx = sorted(idx)
-        return Rows(rows.path, [[t[i] for i in idx] for t in rows.texts],
-                    [rows.labels[i] for i in idx] if rows.labels is not None else None,
-                    [rows.row_numbers[i] for i in idx])
 
-    return pick(order[cut:]), pick(order[:cut])
+def training_rows(task: Task, data: DataConfig, seed: int) -> tuple[Rows, Rows | None]:
+    """The training file's checked rows, capped at ``data.max_train_examples`` (a seeded sample):
+    the rows to train on, and the rows left out (None without a cap)."""
+    if not data.train:
+        raise ValueError("data.train is required")
+    rows = load_rows(data.train, task, data.columns, data.on_bad_row)
+    if data.max_train_examples and data.max_train_examples < len(rows):
+        return _split_off(rows, 1 - data.max_train_examples / len(rows), seed)
+    return rows, None
 
 
 def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed: int,
-            fit_task: bool = True) -> Prepared:
+            fit_task: bool = True, rows: tuple[Rows, Rows] | None = None) -> Prepared:
     """Load and check every split before training; fit the task on train only (unless it is
-    already fitted, as when fine-tuning); tokenize."""
-    if not data.train:
-        raise ValueError("data.train is required")
-    train_rows = load_rows(data.train, task, data.columns, data.on_bad_row)
-    available = len(train_rows)
-    rest_rows = None
-    if data.max_train_examples and data.max_train_examples < available:
-        train_rows, rest_rows = _split_off(train_rows, 1 - data.max_train_examples / available, seed)
-    if data.valid:
-        valid_rows = load_rows(data.valid, task, data.columns, data.on_bad_row)
+    already fitted, as when fine-tuning); tokenize.
+
+    ``rows``: (train, valid) rows already loaded and checked, e.g. cross-validation folds; the
+    train and valid files are then not read.
+    """
+    if rows:
+        (train_rows, valid_rows), rest_rows = rows, None
+        available, valid_source = len(train_rows) + len(valid_rows), f"held-out rows of {valid_rows.path}"
     else:
-        train_rows, valid_rows = _split_off(train_rows, data.valid_fraction, seed)
+        train_rows, rest_rows = training_rows(task, data, seed)
+        available = len(train_rows) + (len(rest_rows) if rest_rows else 0)
+        if data.valid:
+            valid_rows, valid_source = load_rows(data.valid, task, data.columns, data.on_bad_row), str(data.valid)
+        else:
+            train_rows, valid_rows = _split_off(train_rows, data.valid_fraction, seed)
+            valid_source = f"{data.valid_fraction:.0%} of train"
     if fit_task:
         task.fit(train_rows.labels or [])
     label_column = data.columns.get(task.schema.label, task.schema.label)
     max_length = data.max_length or choose_max_length(
         [len(x) for x in tokenize(tokenizer, train_rows.texts, model_limit)], data.length_percentile, model_limit
     )
-    stats = {"train_file": str(data.train), "train_rows_available": available, "train_examples": len(train_rows),
-             "valid_file": str(data.valid) if data.valid else f"{data.valid_fraction:.0%} of train",
-             "valid_examples": len(valid_rows), "max_length": max_length}
+    stats = {"train_file": train_rows.path, "train_rows_available": available, "train_examples": len(train_rows),
+             "valid_file": valid_source, "valid_examples": len(valid_rows), "max_length": max_length}
 
     def split(rows: Rows) -> Split:
         return Split(tokenize(tokenizer, rows.texts, max_length), encode_targets(rows, task, label_column))
@@ -218,6 +225,11 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Train
     )
 
 
+def monitored_metric(task: Task, settings: TrainerSettings) -> str:
+    """The validation metric that early stopping and the best checkpoint follow, e.g. ``val/accuracy``."""
+    return settings.monitor or f"val/{task.monitor}"
+
+
 def _fit(
     backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, data: DataConfig,
     settings: TrainerSettings, pooling: Pooling, out: Path,
@@ -225,7 +237,7 @@ def _fit(
     """Lightning fit of the active adapter + head; reloads the best validation checkpoint."""
     module = TaskModule(backbone, task.name, head, task, pooling, settings)
     datamodule = TaskData(prepared, backbone.tokenizer.pad_token_id, data.batch_size, data.eval_batch_size, settings.seed)
-    return _fit_module(module, datamodule, settings, settings.monitor or f"val/{task.monitor}", out)
+    return _fit_module(module, datamodule, settings, monitored_metric(task, settings), out)
 
 
 def _fit_module(module: TrainableModule, datamodule: L.LightningDataModule, settings: TrainerSettings, monitor: str,
@@ -278,17 +290,20 @@ def train(
     pooling: Literal["mean", "cls"] = "mean",
     lora: LoraSettings = LoraSettings(),
     trainer: TrainerSettings = TrainerSettings(),
+    rows: tuple[Rows, Rows] | None = None,
 ) -> dict[str, Any]:
     """Train one task's LoRA adapter and head on the frozen base; save the task directory ``out``.
 
     Logs and checkpoints go to ``<out>.train/``; the returned summary holds the metrics.
+    ``rows``: (train, valid) rows already loaded and checked, read instead of the train and
+    valid files (cross-validation folds).
     """
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     base_dir = resolve(model)
     backbone = Backbone(base_dir)
     the_task = build_task(task, task_options)
-    prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed)
+    prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed, rows=rows)
     backbone.add_adapter(the_task.name, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
     head = the_task.build_head(backbone.hidden_size)
     out_path = Path(out)
