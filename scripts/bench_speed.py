@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/online_shopping_10_cats/train.csv"))
     parser.add_argument("--column", default="review")
     parser.add_argument("--model", default="e5-small-multilingual")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16, help="32 needs >24 GiB at the reference length")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per choice")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     opts = parser.parse_args()
