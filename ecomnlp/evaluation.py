@@ -53,7 +53,7 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
     font = font_for(labels)
     ticks = labels if font else [str(i) for i in range(len(labels))]
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * n), max(3.5, 1.0 + 0.6 * n)), dpi=110)
     image = ax.imshow(matrix.numpy(), cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontfamily=font or "DejaVu Sans")
