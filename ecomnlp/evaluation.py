@@ -86,7 +86,7 @@ def evaluate_loaded(trained: Any, data: str, out: str, columns: dict[str, str] |
     """``evaluate`` for a task already in memory; also returns the checked test rows and targets."""
     started = time.perf_counter()
     rows, targets = labelled(trained, data, columns, on_bad_row)
-    logits = trained.logits([dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)], batch_size)
+    logits = trained.field_logits(rows.texts, batch_size)
     out_dir = Path(out)
     report = {
         "task": trained.card["task"], "data": str(data),

@@ -81,7 +81,10 @@ class TaskModel:
         return int(self.card["max_length"])
 
     def logits(self, inputs: Inputs, batch_size: int = 64) -> torch.Tensor:
-        texts = as_texts(inputs, self.task.schema.text)
+        return self.field_logits(as_texts(inputs, self.task.schema.text), batch_size)
+
+    def field_logits(self, texts: list[list[str]], batch_size: int = 64) -> torch.Tensor:
+        """Logits for texts already split per text field (as ``Rows.texts`` holds them)."""
         if not texts[0]:  # no rows: the tokenizer would fail; the head still gives the output width
             with torch.inference_mode():
                 device = next(self.head.parameters()).device

@@ -66,7 +66,7 @@ def evaluate_suite(suite: str | Path) -> dict[str, Any]:
             base = _baseline(trained, rows, targets, folder / "baseline")
         else:
             base = {"skipped": "baseline: none"}
-        examples = [dict(zip(trained.task.schema.text, t)) for t in zip(*rows.texts)][:EXPLAINED_EXAMPLES]
+        examples = [dict(zip(trained.task.schema.text, t)) for t in zip(*(f[:EXPLAINED_EXAMPLES] for f in rows.texts))]
         explained = [{"input": e, **x} for e, x in zip(examples, trained.explain(examples))]
         entries.append({"name": entry["name"], "ours": ours, "baseline": base, "explanations": explained})
     report = {"suite": str(suite), "out": str(out), "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
