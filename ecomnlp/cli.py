@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from .config import DataConfig, LoraSettings, TaskSpec, TrainerSettings
 
@@ -175,16 +175,26 @@ def evaluate_command(model: str | None = None, data: str | None = None, out: str
     print(f"report: {out}/metrics.json")
 
 
-def train_arguments(config: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """Keyword arguments for ``ecomnlp.train`` from a YAML config plus ``--key value`` overrides."""
+def command_arguments(command: Callable[..., None], config: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``command`` from a YAML config plus ``--key value`` overrides."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser()
     parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(train_command)
+    parser.add_function_arguments(command)
     parsed = parser.parse_args(["--config", config, *overrides]) if config else parser.parse_args(list(overrides))
     parsed = parser.instantiate_classes(parsed)
     return {k: v for k, v in vars(parsed).items() if k != "config"}
+
+
+def train_arguments(config: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``ecomnlp.train`` from a YAML config plus ``--key value`` overrides."""
+    return command_arguments(train_command, config, overrides)
+
+
+def multitask_arguments(config: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``train_multitask`` from a YAML config plus ``--key value`` overrides."""
+    return command_arguments(train_multitask_command, config, overrides)
 
 
 def cv_command(train_config: str, folds: int = 5, seed: int = 42) -> None:
