@@ -1,8 +1,9 @@
 """A trained task on disk: one directory, written atomically.
 
     adapter_config.json, adapter_model.safetensors   the LoRA adapter, in peft's own format
-    head.safetensors                                  the task head
+    head.safetensors                                  the task head (not for chat models)
     card.json                                         task, labels, base model + checksum, schema, metrics
+    kb.jsonl                                          chat models: the knowledge base they were trained on
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CARD = "card.json"
 HEAD = "head.safetensors"
 FORMAT_VERSION = 1
+CHAT_KIND = "chat"  # card["kind"] of a causal-LM chat model; encoder tasks have no "kind"
 
 
 class ArtifactError(ValueError):
@@ -84,22 +87,33 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any]) -> Path:
-    """Write the task directory ``out`` atomically: readers see the old one or the new one."""
-    from safetensors.torch import save_file
-
+@contextmanager
+def atomic_dir(out: str | Path) -> Iterator[Path]:
+    """A temporary directory beside ``out`` to fill; it replaces ``out`` when the block ends without error."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        backbone.save_adapter(adapter, tmp)
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD))
-        card = {"format_version": FORMAT_VERSION, **card}
-        (tmp / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False), encoding="utf-8")
+        yield tmp
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+
+def write_card(directory: Path, card: dict[str, Any]) -> None:
+    (directory / CARD).write_text(json.dumps({"format_version": FORMAT_VERSION, **card}, indent=2, ensure_ascii=False),
+                                  encoding="utf-8")
+
+
+def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any]) -> Path:
+    """Write the task directory ``out`` atomically: readers see the old one or the new one."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(out) as tmp:
+        backbone.save_adapter(adapter, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD))
+        write_card(tmp, card)
+    return Path(out)
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -107,12 +121,13 @@ def read_card(path: str | Path) -> dict[str, Any]:
     card_path = path / CARD
     if not card_path.exists():
         raise ArtifactError(f"{path} is not a trained task directory (no {CARD})")
-    for f in ("adapter_config.json", "adapter_model.safetensors", HEAD):
-        if not (path / f).exists():
-            raise ArtifactError(f"{path} is incomplete: {f} is missing")
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if card.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{card_path}: unsupported format_version {card.get('format_version')}")
+    heads = () if card.get("kind") == CHAT_KIND else (HEAD,)  # a chat model's LM head is the base model's own
+    for f in ("adapter_config.json", "adapter_model.safetensors", *heads):
+        if not (path / f).exists():
+            raise ArtifactError(f"{path} is incomplete: {f} is missing")
     return card
 
 

@@ -6,8 +6,9 @@ a JSONL file holds one ``{"messages": [...]}`` object per line.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .data import DataError
 
@@ -71,24 +72,74 @@ def _check_messages(record: object, where: str) -> list[Message]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def load_conversations(path: str | Path) -> list[list[Message]]:
-    """Conversations from a JSONL file, one ``{"messages": [...]}`` per non-blank line.
-
-    Raises DataError naming the file, the line (from 1) and the field for invalid JSON, a missing
-    ``messages``, an unknown role, empty content or a conversation without an assistant turn.
-    """
+def _records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(``"<file>, line N"``, parsed object) for each non-blank line of a JSONL file."""
     path = Path(path)
-    conversations = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}, line {number}"
             try:
-                record = json.loads(line)
+                yield where, json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
-            conversations.append(_check_messages(record, where))
-    if not conversations:
+
+
+def load_conversations(path: str | Path) -> list[list[Message]]:
+    """Conversations from a JSONL file, one ``{"messages": [...]}`` per non-blank line.
+
+    Raises DataError naming the file, the line (from 1) and the field for invalid JSON, a missing
+    ``messages``, an unknown role, empty content or a conversation without an assistant turn.
+    """
+    return [d.messages for d in load_dialogues(path)]
+
+
+@dataclass
+class Dialogue:
+    """A conversation and, for each assistant turn, the id of the knowledge-base entry it is grounded on."""
+
+    messages: list[Message]
+    kb: list[str | None]
+    where: str
+
+
+def load_dialogues(path: str | Path) -> list[Dialogue]:
+    """Conversations with an optional ``"kb"`` field: one entry id (or null) per assistant turn, or one
+    id for a single-answer conversation. Errors as in ``load_conversations``."""
+    dialogues = []
+    for where, record in _records(path):
+        messages = _check_messages(record, where)
+        replies = sum(m["role"] == "assistant" for m in messages)
+        kb = record.get("kb")
+        kb = [kb] if isinstance(kb, str) else ([None] * replies if kb is None else kb)
+        if not isinstance(kb, list) or len(kb) != replies or not all(k is None or isinstance(k, str) for k in kb):
+            raise DataError(f"{where}: field 'kb' must be an entry id or a list of {replies} ids (one per assistant turn)")
+        dialogues.append(Dialogue(messages, kb, where))
+    if not dialogues:
         raise DataError(f"{path}: no conversations")
-    return conversations
+    return dialogues
+
+
+@dataclass
+class Question:
+    """A held-out customer question and the KB entry that answers it (None: the KB does not)."""
+
+    text: str
+    kb: str | None
+    where: str
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    """Questions from a JSONL file of ``{"question": str, "kb": id | null}`` objects."""
+    questions = []
+    for where, record in _records(path):
+        if not isinstance(record, dict) or not isinstance(record.get("question"), str) or not record["question"].strip():
+            raise DataError(f"{where}: field 'question' must be a non-empty string")
+        kb = record.get("kb")
+        if kb is not None and not isinstance(kb, str):
+            raise DataError(f"{where}: field 'kb' must be an entry id or null")
+        questions.append(Question(record["question"], kb, where))
+    if not questions:
+        raise DataError(f"{path}: no questions")
+    return questions

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .config import DataConfig, LoraSettings, TaskSpec, TrainerSettings
+from .config import LLAMA_LORA, ChatDataConfig, DataConfig, LoraSettings, TaskSpec, TrainerSettings
 
 
 def models_command() -> None:
@@ -93,6 +93,75 @@ def train_multitask_command(
                               steps_per_epoch)
     if "metrics" in summary:  # only the process that saved (rank 0) reports
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def train_chat_command(
+    data: ChatDataConfig,
+    out: str,
+    model: str = "smollm2-135m-instruct",
+    encoder: str = "e5-small-multilingual",
+    store: str = "our store",
+    lora: LoraSettings = LLAMA_LORA,
+    trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
+) -> None:
+    """Fine-tune a support chatbot's LoRA adapter on dialogues grounded on a knowledge base; save ``out``.
+
+    Args:
+        data: dialogues, knowledge base, held-out questions (for the hand-off threshold), batching.
+        out: chat directory to write (adapter, card, knowledge base copy).
+        model: causal LM name (see ``ecomnlp models``) or a local Hugging Face directory.
+        encoder: the shared encoder that retrieves knowledge-base passages.
+        store: the store's name in the assistant's instructions.
+        lora: adapter hyper-parameters.
+        trainer: optimisation and Lightning settings; the best checkpoint has the lowest validation perplexity.
+    """
+    from .chat_training import train_chat
+
+    summary = train_chat(data, out, model, encoder, store, lora, trainer)
+    if "perplexity" in summary:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, log: str | None = None) -> None:
+    """Talk to a trained support chatbot in the terminal; replies stream as they are generated.
+
+    Args:
+        model: chat directory from ``ecomnlp train-chat``.
+        kb: knowledge base (JSONL or Markdown file, or a folder) to use instead of the one saved with it.
+        max_new_tokens: longest reply, in tokens.
+        temperature: 0 for deterministic greedy replies; above 0 samples (with top_p).
+        top_p: nucleus sampling mass.
+        log: JSONL transcript to append to, with order numbers, e-mails and phone numbers masked.
+    """
+    from .chatbot import load_chatbot
+    from .pii import mask_pii
+
+    bot = load_chatbot(model, kb)
+    messages: list[dict[str, str]] = []
+    print("Type your question; an empty line or Ctrl-D ends the chat.")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if not text:
+            break
+        messages.append({"role": "user", "content": text})
+        grounding = bot.ground(messages)
+        print("bot> ", end="", flush=True)
+        pieces = []
+        for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        reply = "".join(pieces).strip()
+        print(f"\n     [{'handed off' if grounding.handoff else 'sources: ' + ', '.join(grounding.sources)}]")
+        messages.append({"role": "assistant", "content": reply})
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                for m in messages[-2:]:
+                    f.write(json.dumps({"role": m["role"], "content": mask_pii(m["content"])}, ensure_ascii=False) + "\n")
 
 
 def finetune_command(
@@ -279,7 +348,8 @@ def cluster_command(data: str, text: str, out: str, model: str | None = None, ba
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "train-multitask": train_multitask_command, "finetune": finetune_command, "merge": merge_command,
+            "train-multitask": train_multitask_command, "train-chat": train_chat_command, "chat": chat_command,
+            "finetune": finetune_command, "merge": merge_command,
             "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}
 

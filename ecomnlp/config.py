@@ -72,3 +72,29 @@ class TrainerSettings:
     log_every_n_steps: int = 10
     logger: Literal["csv", "tensorboard"] = "csv"
     progress_bar: bool = True
+
+
+@dataclass
+class ChatDataConfig:
+    """Support dialogues, the knowledge base they are grounded on, and held-out questions.
+
+    ``train`` / ``valid``: JSONL conversations (``{"messages": [...], "kb": [...]}``, see
+    ``ecomnlp.chat_data``); without ``valid``, ``valid_fraction`` of ``train`` is held out.
+    ``questions``: JSONL ``{"question": ..., "kb": id | null}``; the hand-off threshold is chosen on
+    them (null: the knowledge base does not answer it). Each reply is trained with the ``top_k``
+    passages retrieved for its question, the right one always among them.
+    """
+
+    train: str
+    kb: str
+    valid: str | None = None
+    questions: str | None = None
+    valid_fraction: float = 0.1
+    top_k: int = 3
+    max_length: int = 768
+    batch_size: int = 8
+    eval_batch_size: int = 8
+
+
+LLAMA_LORA = LoraSettings(r=16, alpha=32, dropout=0.05,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from .artifact import HEAD, check_base, read_card
+from .artifact import CHAT_KIND, HEAD, check_base, read_card
 from .backbone import Backbone, Pooling
 from .data import LengthGroupedBatches, collate, tokenize
 from .models import resolve
 from .task import Task, build_task
+
+if TYPE_CHECKING:
+    from .chatbot import SupportBot
 
 Inputs = str | Sequence[str] | Sequence[Mapping[str, Any]]
 
@@ -148,9 +151,15 @@ def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
     return Backbone(resolve(base)).to(device).eval()
 
 
-def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel:
-    """A trained task directory, ready to ``predict``. ``base`` overrides where the base model is found."""
-    return attach(backbone_for(path, base, device), path, read_card(path)["task"])
+def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel | SupportBot:
+    """A trained task directory, ready to ``predict``; a chat directory (``train_chat``) gives a
+    ``SupportBot``. ``base`` overrides where an encoder task's base model is found."""
+    card = read_card(path)
+    if card.get("kind") == CHAT_KIND:
+        from .chatbot import load_chatbot
+
+        return load_chatbot(path, device=device)
+    return attach(backbone_for(path, base, device), path, card["task"])
 
 
 def load_many(paths: Sequence[str | Path] | Mapping[str, str | Path], base: str | None = None, device: str = "cpu") -> TaskModels:

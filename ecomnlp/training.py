@@ -203,7 +203,7 @@ def _precision(settings: TrainerSettings) -> str:
     return "32-true"  # bf16 on CPU measured 20-30x slower
 
 
-def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Trainer:
+def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path, mode: str = "max") -> L.Trainer:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -216,11 +216,11 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path) -> L.Train
         use_distributed_sampler=False, default_root_dir=work_dir,
         logger=logger_cls(work_dir, name="logs"),
         callbacks=[
-            ModelCheckpoint(dirpath=work_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+            ModelCheckpoint(dirpath=work_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
                             save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
             # Checked after each validation only: a run that ends (max_steps) before its first validation
             # would otherwise fail at the epoch's end with "metric val/... not available".
-            EarlyStopping(monitor=monitor, mode="max", patience=settings.patience, check_on_train_epoch_end=False),
+            EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience, check_on_train_epoch_end=False),
         ],
     )
 
@@ -241,9 +241,10 @@ def _fit(
 
 
 def _fit_module(module: TrainableModule, datamodule: L.LightningDataModule, settings: TrainerSettings, monitor: str,
-                out: Path) -> tuple[L.Trainer, str]:
-    """Lightning fit (logs and checkpoints in ``<out>.train/``); reloads the best validation checkpoint."""
-    fit = _trainer(settings, monitor, out.with_name(out.name + ".train"))
+                out: Path, mode: str = "max") -> tuple[L.Trainer, str]:
+    """Lightning fit (logs and checkpoints in ``<out>.train/``); reloads the best validation checkpoint
+    (``mode``: whether the highest or the lowest ``monitor`` value is best)."""
+    fit = _trainer(settings, monitor, out.with_name(out.name + ".train"), mode)
     module.train()  # from_pretrained leaves the base in eval mode; train as usual (dropout on)
     fit.fit(module, datamodule=datamodule)
     best = fit.checkpoint_callback.best_model_path if fit.checkpoint_callback else ""

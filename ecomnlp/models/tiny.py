@@ -58,9 +58,10 @@ def make_tiny_encoder(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, hidd
     return _save_random(BertModel, config, out, seed)
 
 
-def make_tiny_causal_lm(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, seed: int = 0) -> Path:
+def make_tiny_causal_lm(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, seed: int = 0,
+                        context: int = 256) -> Path:
     """Write a random 2-layer Llama with a byte-level BPE tokenizer trained on ``texts`` and SmolLM2's ChatML
-    template and special tokens (bos ``<|im_start|>``, eos = pad ``<|im_end|>``) to ``out``."""
+    template and special tokens (bos ``<|im_start|>``, eos = pad ``<|im_end|>``), ``context`` positions, to ``out``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -75,9 +76,10 @@ def make_tiny_causal_lm(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, se
     tok.train_from_iterator(list(texts) * 2, trainer)
     PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>", chat_template=CHATML_TEMPLATE, model_max_length=256,
+        unk_token="<|endoftext|>", chat_template=CHATML_TEMPLATE, model_max_length=context,
     ).save_pretrained(out)
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+                         initializer_range=0.3)  # larger than usual, so that greedy replies vary
     return _save_random(LlamaForCausalLM, config, out, seed)

@@ -1,0 +1,274 @@
+"""Supervised fine-tuning of a causal LM's LoRA adapter on support dialogues grounded on a knowledge base.
+
+Each assistant turn becomes one training example: the system prompt holds the ``top_k`` passages
+the shared encoder retrieves for the customer's question (the right entry always among them, so the
+model learns to answer from what it is given), then the conversation so far, then the reply; the
+loss is on the reply only. Training runs through the same Lightning path as the encoder tasks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torchmetrics.text import Perplexity
+
+from .artifact import CHAT_KIND, atomic_dir, base_checksum, write_card
+from .chat_data import IGNORE_INDEX, Dialogue, Message, load_dialogues, load_questions, render
+from .config import LLAMA_LORA, ChatDataConfig, LoraSettings, TrainerSettings
+from .data import DataError, LengthGroupedBatches
+from .knowledge import Entry, KnowledgeBase, Retriever, choose_threshold
+from .models import resolve
+from .training import Prepared, Split, TaskData, TrainableModule, _fit_module, _version
+
+log = logging.getLogger(__name__)
+KB_FILE = "kb.jsonl"
+TASK = "support_chat"
+
+
+def support_task(store: str) -> Any:
+    from .tasks.support_chat import SupportChat
+
+    return SupportChat(store)
+
+
+def load_causal_lm(model: str) -> tuple[Any, Any, Path]:
+    """(fp32 causal LM, its tokenizer, its folder) for a model name or a local HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = resolve(model)
+    lm = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return lm, AutoTokenizer.from_pretrained(base_dir), base_dir
+
+
+def context_window(lm: Any) -> int:
+    return int(lm.config.max_position_embeddings)
+
+
+@dataclass
+class ChatSplit(Split):
+    """Token ids with per-token labels (``IGNORE_INDEX`` outside the reply); ``targets`` holds the labels."""
+
+    def batch(self, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        width = max(len(self.ids[i]) for i in index)
+        input_ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(index), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for row, i in enumerate(index):
+            n = len(self.ids[i])
+            input_ids[row, :n], labels[row, :n], mask[row, :n] = (torch.tensor(self.ids[i]),
+                                                                  torch.tensor(self.targets[i]), 1)
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def passages_for(retriever: Retriever, question: str, gold: str | None, k: int) -> list[Entry]:
+    """The top ``k`` retrieved entries for ``question``, with ``gold`` replacing the last one if it was missed."""
+    entries = [hit.entry for hit in retriever.search(question, k)]
+    if gold is not None and gold not in {e.id for e in entries}:
+        entries[-1] = retriever.kb[gold]
+    return entries
+
+
+def grounded(task: Any, passages: Sequence[Entry], conversation: list[Message]) -> list[Message]:
+    """The conversation without its own system messages, after the task's system prompt with ``passages``."""
+    return [{"role": "system", "content": task.system_prompt(passages)},
+            *[m for m in conversation if m["role"] != "system"]]
+
+
+def reply_example(tokenizer: Any, messages: list[Message]) -> tuple[list[int], list[int]]:
+    """Token ids of ``messages`` and labels on the last (assistant) message only."""
+    ids, labels = render(tokenizer, messages)
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return ids, [IGNORE_INDEX] * prompt_tokens + labels[prompt_tokens:]
+
+
+def build_split(dialogues: Sequence[Dialogue], retriever: Retriever, task: Any, tokenizer: Any, k: int,
+                max_length: int) -> ChatSplit:
+    """One example per assistant turn, grounded on the passages retrieved for the user turn before it.
+    Earlier turns are dropped (oldest first) when an example does not fit in ``max_length`` tokens."""
+    ids, labels = [], []
+    for dialogue in dialogues:
+        turns = [i for i, m in enumerate(dialogue.messages) if m["role"] == "assistant"]
+        for turn, gold in zip(turns, dialogue.kb):
+            users = [m for m in dialogue.messages[:turn] if m["role"] == "user"]
+            if not users:
+                raise DataError(f"{dialogue.where}: field 'messages[{turn}]': an assistant turn before any user turn")
+            if gold is not None and gold not in retriever.kb.ids:
+                raise DataError(f"{dialogue.where}: field 'kb': unknown knowledge-base entry '{gold}'")
+            passages = passages_for(retriever, users[-1]["content"], gold, k)
+            conversation = dialogue.messages[: turn + 1]
+            while True:
+                x, y = reply_example(tokenizer, grounded(task, passages, conversation))
+                user_turns = [i for i, m in enumerate(conversation) if m["role"] == "user"]
+                if len(x) <= max_length or len(user_turns) == 1:
+                    break
+                conversation = conversation[user_turns[1]:]
+            if len(x) > max_length:
+                raise DataError(f"{dialogue.where}: field 'messages[{turn}]': {len(x)} tokens with its passages, "
+                                f"over data.max_length {max_length}")
+            ids.append(x)
+            labels.append(y)
+    return ChatSplit(ids, labels)
+
+
+class ChatModule(TrainableModule):
+    """A peft-wrapped causal LM: next-token loss on reply tokens; validation perplexity (torchmetrics)."""
+
+    def __init__(self, model: Any, settings: TrainerSettings) -> None:
+        super().__init__(settings)
+        self.model = model
+        self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        self.val_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/perplexity", self.val_perplexity.compute(), prog_bar=True)
+        self.val_perplexity.reset()
+
+
+@torch.inference_mode()
+def perplexity(model: Any, split: ChatSplit, pad_id: int, batch_size: int) -> float:
+    """Perplexity of ``model`` on the reply tokens of ``split``."""
+    metric = Perplexity(ignore_index=IGNORE_INDEX)
+    was_training = model.training
+    model.eval()
+    for index in LengthGroupedBatches([len(x) for x in split.ids], batch_size, shuffle=False):
+        batch = split.batch(index, pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        metric.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+    model.train(was_training)
+    return metric.compute().item()
+
+
+def retrieval_report(retriever: Retriever, questions_path: str, k: int) -> dict[str, Any]:
+    """Recall@k of the answerable questions and the hand-off threshold chosen on all of them."""
+    questions = load_questions(questions_path)
+    for q in questions:
+        if q.kb is not None and q.kb not in retriever.kb.ids:
+            raise DataError(f"{q.where}: field 'kb': unknown knowledge-base entry '{q.kb}'")
+    hits = retriever.search_many([q.text for q in questions], k)
+    answerable = [(q, h) for q, h in zip(questions, hits) if q.kb is not None]
+    unanswerable = [h for q, h in zip(questions, hits) if q.kb is None]
+    report: dict[str, Any] = {"questions": len(answerable), "out_of_kb_questions": len(unanswerable)}
+    if answerable:
+        report[f"recall@{k}"] = sum(q.kb in {x.entry.id for x in h} for q, h in answerable) / len(answerable)
+    if answerable and unanswerable:
+        report["threshold"] = choose_threshold([h[0].score for _, h in answerable], [h[0].score for h in unanswerable])
+    return report
+
+
+def example_reply(model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int, retrieval: dict[str, Any],
+                  dialogues: Sequence[Dialogue]) -> dict[str, Any]:
+    """The trained bot's greedy reply to the first held-out question it does not hand off (else the
+    first question), kept in the card: a loaded model must give the same one."""
+    from .chatbot import SupportBot
+
+    bot = SupportBot(model, tokenizer, retriever, task, top_k, retrieval.get("threshold"))
+    questions = [next(m["content"] for m in d.messages if m["role"] == "user") for d in dialogues]
+    answered = (q for q in questions if not bot.ground([{"role": "user", "content": q}]).handoff)
+    question = next(answered, questions[0])
+    return {"question": question, **bot.chat([{"role": "user", "content": question}])}
+
+
+def write_kb(kb: KnowledgeBase, path: Path) -> None:
+    import json
+
+    path.write_text("".join(json.dumps({"id": e.id, "title": e.title, "text": e.text, "key": e.key},
+                                       ensure_ascii=False) + "\n" for e in kb.entries), encoding="utf-8")
+
+
+def train_chat(
+    data: ChatDataConfig,
+    out: str,
+    model: str = "smollm2-135m-instruct",
+    encoder: str = "e5-small-multilingual",
+    store: str = "our store",
+    lora: LoraSettings = LLAMA_LORA,
+    trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
+) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter of ``model`` on grounded support dialogues; save the chat directory ``out``.
+
+    The directory holds the adapter (peft format), ``card.json`` (base model and encoder with
+    checksums, retrieval settings, the hand-off threshold, perplexity before and after) and a copy of
+    the knowledge base, so ``ecomnlp.load(out)`` needs nothing else.
+    """
+    import lightning as L
+    from peft import LoraConfig, get_peft_model
+
+    from .backbone import Backbone
+
+    started = time.perf_counter()
+    L.seed_everything(trainer.seed, workers=True)
+    task = support_task(store)
+    kb = KnowledgeBase.load(data.kb)
+    encoder_dir = resolve(encoder)
+    retriever = Retriever(kb, encoder, backbone=Backbone(encoder_dir))
+    lm, tokenizer, base_dir = load_causal_lm(model)
+    max_length = min(data.max_length, context_window(lm))
+
+    train_dialogues = load_dialogues(data.train)
+    if data.valid:
+        valid_dialogues = load_dialogues(data.valid)
+    else:
+        order = list(range(len(train_dialogues)))
+        random.Random(trainer.seed).shuffle(order)
+        cut = max(1, round(len(order) * data.valid_fraction))
+        valid_dialogues = [train_dialogues[i] for i in sorted(order[:cut])]
+        train_dialogues = [train_dialogues[i] for i in sorted(order[cut:])]
+    splits = {name: build_split(d, retriever, task, tokenizer, data.top_k, max_length)
+              for name, d in (("train", train_dialogues), ("valid", valid_dialogues))}
+    retrieval = retrieval_report(retriever, data.questions, data.top_k) if data.questions else {}
+    if "threshold" not in retrieval:
+        log.warning("no answerable and out-of-KB questions given (data.questions): the bot never hands off")
+
+    peft_model = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                               target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    pad_id = tokenizer.pad_token_id
+    with peft_model.disable_adapter():
+        before = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)
+    prepared = Prepared(splits["train"], splits["valid"], None, None, max_length,
+                        {"train_examples": len(splits["train"].ids), "valid_examples": len(splits["valid"].ids)})
+    module = ChatModule(peft_model, trainer)
+    datamodule = TaskData(prepared, pad_id, data.batch_size, data.eval_batch_size, trainer.seed)
+    fit, best = _fit_module(module, datamodule, trainer, "val/perplexity", Path(out), mode="min")
+    summary: dict[str, Any] = {"out": out, "steps": fit.global_step, **prepared.stats}
+    if not fit.is_global_zero:
+        return summary
+    after = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)
+    summary.update(perplexity={"before": before, "after": after}, retrieval=retrieval,
+                   example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, retrieval, valid_dialogues),
+                   wall_time_s=round(time.perf_counter() - started, 1))
+    card = {
+        "task": TASK, "kind": CHAT_KIND, "store": store,
+        "base_model": {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)},
+        "encoder": {"name": encoder, "path": str(encoder_dir), "checksum": base_checksum(encoder_dir),
+                    "query_prefix": retriever.query_prefix, "passage_prefix": retriever.passage_prefix},
+        "retrieval": {"top_k": data.top_k, "threshold": retrieval.get("threshold")},
+        "max_length": max_length,
+        "lora": dataclasses.asdict(lora),
+        "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch, "seed": trainer.seed,
+                     "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},
+        "metrics": {"perplexity": summary["perplexity"], "retrieval": retrieval},
+        "example": summary["example"],
+        "ecomnlp_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with atomic_dir(out) as tmp:
+        peft_model.save_pretrained(tmp)
+        write_kb(kb, tmp / KB_FILE)
+        write_card(tmp, card)
+    return summary
+

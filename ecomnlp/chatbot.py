@@ -1,0 +1,116 @@
+"""A trained support chat model: replies grounded on retrieved knowledge-base passages, a hand-off to a
+human when nothing relevant is retrieved, token streaming, and customer text logged with PII masked.
+
+    bot = ecomnlp.load("runs/support")
+    bot.chat([{"role": "user", "content": "How long do I have to return a lamp?"}])
+    for piece in bot.stream(messages): print(piece, end="")
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .artifact import check_base, read_card
+from .chat_data import Message
+from .chat_training import KB_FILE, context_window, grounded, load_causal_lm, support_task
+from .generation import GenerationSettings, prompt_ids, stream
+from .knowledge import Hit, KnowledgeBase, Retriever
+from .pii import mask_pii
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Grounding:
+    """What the last customer message retrieved, and whether the bot hands off instead of answering."""
+
+    question: str
+    hits: list[Hit]
+    handoff: bool
+
+    @property
+    def sources(self) -> list[str]:
+        return [] if self.handoff else [h.entry.id for h in self.hits]
+
+
+class SupportBot:
+    """A causal LM with its LoRA adapter, a retriever over the store's knowledge base, and the task's prompts.
+
+    ``use_adapter`` / ``use_retrieval`` switch off the fine-tuning or the grounding (for baselines).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int,
+                 threshold: float | None, settings: GenerationSettings = GenerationSettings(max_new_tokens=128)) -> None:
+        self.model, self.tokenizer, self.retriever, self.task = model.eval(), tokenizer, retriever, task
+        self.top_k, self.threshold, self.settings = top_k, threshold, settings
+        self.use_adapter, self.use_retrieval = True, True
+
+    def ground(self, messages: list[Message]) -> Grounding:
+        users = [m for m in messages if m["role"] == "user"]
+        if not users:
+            raise ValueError("messages hold no user message to answer")
+        question = users[-1]["content"]
+        log.info("customer: %s", mask_pii(question))
+        if not self.use_retrieval:
+            return Grounding(question, [], False)
+        hits = self.retriever.search(question, self.top_k)
+        handoff = self.threshold is not None and hits[0].score < self.threshold
+        return Grounding(question, hits, handoff)
+
+    def prompt(self, messages: list[Message], grounding: Grounding, max_new_tokens: int) -> list[int]:
+        """Token ids of the grounded conversation, oldest turns dropped to leave room for the reply."""
+        conversation = grounded(self.task, [h.entry for h in grounding.hits], messages)
+        return prompt_ids(self.tokenizer, conversation, context_window(self.model) - max_new_tokens)
+
+    def stream(self, messages: list[Message], grounding: Grounding | None = None, **settings: Any) -> Iterator[str]:
+        """The reply to the last user message, in pieces as they are generated. ``grounding`` is
+        ``self.ground(messages)`` unless given; ``settings`` override the ``GenerationSettings`` fields
+        (max_new_tokens, temperature, top_p, stop, seed)."""
+        grounding = grounding or self.ground(messages)
+        if grounding.handoff:
+            yield self.task.handoff(grounding.question)
+            return
+        options = dataclasses.replace(self.settings, **settings)
+        ids = self.prompt(messages, grounding, options.max_new_tokens)
+        with nullcontext() if self.use_adapter else self.model.disable_adapter():
+            yield from stream(self.model, self.tokenizer, ids, options)
+
+    def chat(self, messages: list[Message], **settings: Any) -> dict[str, Any]:
+        """The reply as an assistant message plus the ids of the passages it was given, the top
+        retrieval score, and whether it hands the customer to a human."""
+        grounding = self.ground(messages)
+        content = "".join(self.stream(messages, grounding, **settings)).strip()
+        log.info("assistant: %s", mask_pii(content))
+        top = grounding.hits[0].score if grounding.hits else None
+        return {"role": "assistant", "content": content, "sources": grounding.sources, "handoff": grounding.handoff,
+                "score": top}
+
+
+def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "cpu") -> SupportBot:
+    """A chat directory from ``train_chat``; ``kb`` replaces the knowledge base saved with it."""
+    from peft import PeftModel
+
+    from .backbone import Backbone
+    from .models import resolve
+
+    card = read_card(path)
+
+    def local(entry: dict[str, Any]) -> Path:
+        return resolve(entry["path"] if Path(entry["path"]).is_dir() else entry["name"])
+
+    lm, tokenizer, base_dir = load_causal_lm(str(local(card["base_model"])))
+    check_base(card, path, base_dir)
+    encoder_dir = local(card["encoder"])
+    check_base({"base_model": card["encoder"]}, path, encoder_dir)
+    model = PeftModel.from_pretrained(lm, str(path)).to(device)
+    enc = card["encoder"]
+    retriever = Retriever(KnowledgeBase.load(kb or Path(path) / KB_FILE), enc["name"],
+                          backbone=Backbone(encoder_dir).to(device),
+                          query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"])
+    retrieval = card["retrieval"]
+    return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],
+                      retrieval["threshold"])

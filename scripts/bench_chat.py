@@ -1,0 +1,184 @@
+"""Support chatbot benchmark, one run: train the LoRA adapter (configs/support_chat.yaml), then on the
+held-out test questions of the demo store (paraphrases that are not in training, and questions the
+knowledge base does not answer) measure
+
+  - retrieval recall@k of the shared encoder;
+  - how often the reply states the right entry's key fact (automatic match on the entry's `key`),
+    for ours (LoRA + retrieval), the same base with retrieval but no LoRA, and the same base with
+    neither (side by side);
+  - how often out-of-KB questions are handed off to a human (threshold chosen on validation);
+  - perplexity on held-out dialogues before and after LoRA;
+  - CPU generation speed: tokens/s of `bot.stream` against plain `model.generate` with KV cache on the
+    same prompt, and time to first token.
+
+Writes reports/bench_chat.json and the README table (between the bench_chat markers).
+
+    python scripts/bench_chat.py [--data-dir ecomnlp/demo_data/support] [--max-new-tokens 64]
+
+Smoke run: --model <tiny LM> --encoder <tiny encoder> --data-dir <tiny copy> --max-steps 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _bench import ROOT, write_readme_section
+
+CONFIG = "configs/support_chat.yaml"
+GOALS = {"recall": 0.95, "key_fact": 0.85, "handoff": 0.90}
+DASHES = re.compile(r"[\u2010-\u2015\u2212]")
+
+
+def normalize(text: str) -> str:
+    return " ".join(DASHES.sub("-", text).casefold().split())
+
+
+def states(reply: str, key: str) -> bool:
+    """Whether ``reply`` states the key fact ``key`` (case, dash style and spacing aside)."""
+    return normalize(key) in normalize(reply)
+
+
+def answer_all(bot: Any, questions: list[Any], adapter: bool, retrieval: bool, max_new_tokens: int) -> dict[str, Any]:
+    """Replies to the answerable questions with the adapter and/or retrieval switched on or off."""
+    bot.use_adapter, bot.use_retrieval = adapter, retrieval
+    threshold = bot.threshold
+    bot.threshold = None  # every answerable question gets a generated reply; hand-off is measured apart
+    started, replies = time.perf_counter(), []
+    for q in questions:
+        reply = bot.chat([{"role": "user", "content": q.text}], max_new_tokens=max_new_tokens)
+        key = bot.retriever.kb[q.kb].key
+        replies.append({"question": q.text, "kb": q.kb, "reply": reply["content"], "sources": reply["sources"],
+                        "states_key": states(reply["content"], key)})
+    bot.threshold, bot.use_adapter, bot.use_retrieval = threshold, True, True
+    return {"key_fact_rate": sum(r["states_key"] for r in replies) / len(replies), "questions": len(replies),
+            "wall_time_s": round(time.perf_counter() - started, 1), "replies": replies}
+
+
+def speed(bot: Any, question: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
+    """Median tokens/s of ``bot.stream`` and of ``model.generate`` (KV cache, greedy) on the same prompt."""
+    import torch
+
+    messages = [{"role": "user", "content": question}]
+    grounding = bot.ground(messages)
+    grounding.handoff = False
+    ids = bot.prompt(messages, grounding, max_new_tokens)
+    ours, plain, first = [], [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        pieces = []
+        for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens):
+            if not pieces:
+                first.append(time.perf_counter() - started)
+            pieces.append(piece)
+        elapsed = time.perf_counter() - started
+        tokens = len(bot.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
+        ours.append(tokens / elapsed)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = bot.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
+        elapsed = time.perf_counter() - started
+        plain.append((out.shape[1] - len(ids)) / elapsed)
+    return {"prompt_tokens": len(ids), "repeats": repeats, "stream_tokens_per_s": statistics.median(ours),
+            "generate_tokens_per_s": statistics.median(plain), "time_to_first_token_s": statistics.median(first)}
+
+
+def table(r: dict[str, Any]) -> str:
+    t, s, k = r["training"], r["speed"], r["top_k"]
+    rows = [("ours: LoRA + retrieval", r["ours"]), ("same base, retrieval, no LoRA", r["no_lora"]),
+            ("same base, no LoRA, no retrieval", r["base"])]
+    mark = lambda value, goal: f"{value:.1%} ({'met' if value >= goal else 'not met'}, goal {goal:.0%})"  # noqa: E731
+    lines = [
+        f"Test: {r['answerable']} held-out paraphrased questions about the knowledge base ({r['kb_entries']} entries) "
+        f"and {r['out_of_kb']} questions it does not answer; replies greedy, at most {r['max_new_tokens']} new tokens.",
+        "",
+        "| | states the key fact | retrieval recall@{k} | out-of-KB handed off |".replace("{k}", str(k)),
+        "|---|---|---|---|",
+    ]
+    for i, (name, run) in enumerate(rows):
+        recall = mark(r["recall"], GOALS["recall"]) if i < 2 else "—"
+        handoff = mark(r["handoff_rate"], GOALS["handoff"]) if i == 0 else "— (no hand-off)" if i == 2 else "—"
+        fact = mark(run["key_fact_rate"], GOALS["key_fact"]) if i == 0 else f"{run['key_fact_rate']:.1%}"
+        lines.append(f"| {name} | {fact} | {recall} | {handoff} |")
+    lines += [
+        "",
+        f"Answerable test questions handed off by mistake: {r['false_handoff_rate']:.1%}; hand-off threshold "
+        f"{r['threshold']:.3f} (cosine), chosen on the validation questions.",
+        f"Perplexity on held-out dialogues ({t['valid_examples']} replies): {r['perplexity']['before']:.2f} before LoRA, "
+        f"**{r['perplexity']['after']:.2f}** after. Training: {t['train_examples']} grounded replies, {t['steps']} steps, "
+        f"{t['wall_time_s'] / 60:.1f} min.",
+        f"Generation on CPU ({s['prompt_tokens']}-token grounded prompt, median of {s['repeats']}): `bot.stream` "
+        f"{s['stream_tokens_per_s']:.1f} tokens/s vs `model.generate` with KV cache {s['generate_tokens_per_s']:.1f} "
+        f"tokens/s ({s['stream_tokens_per_s'] / s['generate_tokens_per_s']:.2f}x); time to first token "
+        f"{s['time_to_first_token_s'] * 1000:.0f} ms (retrieval included).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="ecomnlp/demo_data/support",
+                        help="folder with kb.jsonl, train.jsonl, valid.jsonl and test.jsonl")
+    parser.add_argument("--model", default=None, help="causal LM (default: the config's)")
+    parser.add_argument("--encoder", default=None, help="retrieval encoder (default: the config's)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-steps", type=int, default=None, help="step cap of training (smoke tests)")
+    parser.add_argument("--speed-repeats", type=int, default=3)
+    parser.add_argument("--out", default="runs/bench-chat", help="where the trained chat model goes")
+    parser.add_argument("--report", default="reports/bench_chat.json", help="JSON report to write")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    opts = parser.parse_args()
+    os.chdir(ROOT)
+    from ecomnlp.chat_data import load_questions
+    from ecomnlp.chat_training import train_chat
+    from ecomnlp.chatbot import load_chatbot
+    from ecomnlp.cli import command_arguments, train_chat_command
+
+    data = Path(opts.data_dir)
+    overrides = ["--out", opts.out, "--trainer.progress_bar", "false", "--data.kb", str(data / "kb.jsonl"),
+                 "--data.train", str(data / "train.jsonl"), "--data.questions", str(data / "valid.jsonl")]
+    overrides += [f"--{name}={value}" for name, value in (("model", opts.model), ("encoder", opts.encoder),
+                                                           ("trainer.max_steps", opts.max_steps)) if value]
+    args = command_arguments(train_chat_command, CONFIG, overrides)
+    print("== training", flush=True)
+    training = train_chat(**args)
+    bot = load_chatbot(opts.out)
+    questions = load_questions(data / "test.jsonl")
+    answerable = [q for q in questions if q.kb is not None]
+    out_of_kb = [q for q in questions if q.kb is None]
+    k = bot.top_k
+    hits = bot.retriever.search_many([q.text for q in questions], k)
+    found = [q.kb in {h.entry.id for h in hs} for q, hs in zip(questions, hits) if q.kb is not None]
+    handed = [hs[0].score < bot.threshold for hs in hits]
+    print("== replies: ours, no LoRA, base", flush=True)
+    runs = {name: answer_all(bot, answerable, adapter, retrieval, opts.max_new_tokens)
+            for name, adapter, retrieval in (("ours", True, True), ("no_lora", False, True), ("base", False, False))}
+    print("== speed", flush=True)
+    report = {
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args["model"],
+        "encoder": args["encoder"], "data_dir": str(data), "kb_entries": len(bot.retriever.kb),
+        "answerable": len(answerable), "out_of_kb": len(out_of_kb), "top_k": k, "threshold": bot.threshold,
+        "max_new_tokens": opts.max_new_tokens, "recall": sum(found) / len(found),
+        "handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is None) / max(1, len(out_of_kb)),
+        "false_handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is not None) / len(answerable),
+        "perplexity": training["perplexity"], "training": {**training, "perplexity": None},
+        **runs, "speed": speed(bot, answerable[0].text, opts.max_new_tokens, opts.speed_repeats),
+    }
+    path = Path(opts.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    text = table(report)
+    print(text)
+    if not opts.no_readme:
+        write_readme_section("bench_chat", text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

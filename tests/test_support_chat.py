@@ -1,0 +1,170 @@
+"""The support chatbot end to end on tiny models: grounded SFT examples, train → save → load → same
+greedy reply, hand-off below the threshold, streaming, PII-masked logs and the CLI commands."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import write_jsonl
+
+KB = [
+    {"id": "returns", "title": "Returns", "text": "Return any item within 30 days.", "key": "30 days"},
+    {"id": "shipping", "title": "Shipping", "text": "Orders ship in 2 days.", "key": "2 days"},
+    {"id": "refunds", "title": "Refunds", "text": "Refunds reach your card in 5 days.", "key": "5 days"},
+    {"id": "tuihuo", "title": "退货", "text": "7天无理由退货。", "key": "7天无理由退货"},
+]
+DIALOGUES = [
+    {"messages": [{"role": "user", "content": "can I return a lamp?"},
+                  {"role": "assistant", "content": "Yes, within 30 days."}], "kb": ["returns"]},
+    {"messages": [{"role": "user", "content": "when does my order ship?"},
+                  {"role": "assistant", "content": "Orders ship in 2 days."}], "kb": "shipping"},
+    {"messages": [{"role": "user", "content": "where is my refund?"},
+                  {"role": "assistant", "content": "It reaches your card in 5 days."},
+                  {"role": "user", "content": "and returns?"},
+                  {"role": "assistant", "content": "Within 30 days."}], "kb": ["refunds", "returns"]},
+    {"messages": [{"role": "user", "content": "可以退货吗"}, {"role": "assistant", "content": "支持7天无理由退货。"}],
+     "kb": ["tuihuo"]},
+] * 3
+QUESTIONS = [{"question": "return window?", "kb": "returns"}, {"question": "shipping time?", "kb": "shipping"},
+             {"question": "what is the weather", "kb": None}, {"question": "tell me a joke", "kb": None}]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ecomnlp.models.tiny import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny_lm") / "model", context=1024)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("support")
+    return {"kb": write_jsonl(root / "kb.jsonl", KB), "train": write_jsonl(root / "train.jsonl", DIALOGUES),
+            "questions": write_jsonl(root / "questions.jsonl", QUESTIONS)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path, tiny_encoder: Path,
+            files: dict[str, Path]) -> tuple[Path, dict]:
+    from ecomnlp.chat_training import train_chat
+    from ecomnlp.config import ChatDataConfig, TrainerSettings
+
+    out = tmp_path_factory.mktemp("runs") / "support"
+    data = ChatDataConfig(train=str(files["train"]), kb=str(files["kb"]), questions=str(files["questions"]),
+                          top_k=2, batch_size=4, valid_fraction=0.25)
+    trainer = TrainerSettings(max_epochs=2, lr=5e-3, progress_bar=False, accelerator="cpu", devices=1,
+                              log_every_n_steps=1)
+    summary = train_chat(data, str(out), model=str(tiny_lm), encoder=str(tiny_encoder), store="Test Shop",
+                         trainer=trainer)
+    return out, summary
+
+
+def test_each_reply_is_one_example_with_loss_on_it_only(tiny_lm: Path, tiny_encoder: Path, files: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    from ecomnlp.backbone import Backbone
+    from ecomnlp.chat_data import IGNORE_INDEX, load_dialogues
+    from ecomnlp.chat_training import build_split, support_task
+    from ecomnlp.knowledge import KnowledgeBase, Retriever
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    kb = KnowledgeBase.load(files["kb"])
+    retriever = Retriever(kb, str(tiny_encoder), backbone=Backbone(tiny_encoder))
+    dialogues = load_dialogues(files["train"])[:4]
+    split = build_split(dialogues, retriever, support_task("Test Shop"), tokenizer, k=2, max_length=1024)
+    assert len(split.ids) == 5  # the two-turn dialogue gives two examples
+    replies = ["Yes, within 30 days.", "Orders ship in 2 days.", "It reaches your card in 5 days.",
+               "Within 30 days.", "支持7天无理由退货。"]
+    for ids, labels, reply in zip(split.ids, split.targets, replies):
+        learned = [t for t, y in zip(ids, labels) if y != IGNORE_INDEX]
+        assert tokenizer.decode(learned) == reply + tokenizer.eos_token
+        text = tokenizer.decode(ids)
+        assert "Test Shop" in text and text.count("[") >= 2  # the system prompt carries two passages
+    # the right entry is always among the passages, even where the (random) encoder missed it
+    gold = tokenizer.decode(split.ids[4])
+    assert "[tuihuo] 退货: 7天无理由退货。" in gold
+    # a budget too small for the whole history drops the first exchange, keeps the second
+    long = build_split(dialogues[2:3], retriever, support_task("Test Shop"), tokenizer, k=2,
+                       max_length=len(split.ids[3]) - 1)
+    assert "where is my refund" not in tokenizer.decode(long.ids[1]) and "and returns?" in tokenizer.decode(long.ids[1])
+
+
+def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict], tiny_lm: Path) -> None:
+    import ecomnlp
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ecomnlp.chatbot import SupportBot
+
+    out, summary = trained
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "card.json", "kb.jsonl"]
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    assert card["task"] == "support_chat" and card["kind"] == "chat" and card["retrieval"]["top_k"] == 2
+    threshold = card["retrieval"]["threshold"]
+    assert isinstance(threshold, float) and summary["retrieval"]["out_of_kb_questions"] == 2
+    ppl = summary["perplexity"]
+    assert ppl["after"] < ppl["before"]  # 2 epochs at a high learning rate fit the replies
+    bot = ecomnlp.load(out)
+    assert isinstance(bot, SupportBot)
+    example = card["example"]
+    assert example["content"] and not example["handoff"]  # a generated reply, not the fixed hand-off text
+    reply = bot.chat([{"role": "user", "content": example["question"]}])
+    assert reply == {k: example[k] for k in ("role", "content", "sources", "handoff", "score")}
+    # the adapter is plain peft: it loads onto the base without ecomnlp
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_lm), str(out))
+
+
+def test_handoff_below_threshold_and_streaming(trained: tuple[Path, dict]) -> None:
+    import ecomnlp
+
+    bot = ecomnlp.load(trained[0])
+    messages = [{"role": "user", "content": "can I return a lamp?"}]
+    score = bot.ground(messages).hits[0].score
+    bot.threshold = score + 1e-3
+    handed = bot.chat(messages)
+    assert handed["handoff"] and handed["sources"] == [] and "human" in handed["content"]
+    assert "人工" in bot.task.handoff("可以退货吗")  # the hand-off speaks the customer's language
+    bot.threshold = score - 1e-3
+    answered = bot.chat(messages, max_new_tokens=12)
+    assert not answered["handoff"] and len(answered["sources"]) == 2
+    assert "".join(bot.stream(messages, max_new_tokens=12)).strip() == answered["content"]
+    bot.use_retrieval = False  # the baseline: no passages at all
+    assert bot.chat(messages, max_new_tokens=4)["sources"] == []
+
+
+def test_customer_text_is_logged_with_pii_masked(trained: tuple[Path, dict], caplog: pytest.LogCaptureFixture) -> None:
+    import ecomnlp
+
+    bot = ecomnlp.load(trained[0])
+    with caplog.at_level(logging.INFO, logger="ecomnlp.chatbot"):
+        bot.chat([{"role": "user", "content": "order #A12345678 never came, mail me at jo@example.com"}],
+                 max_new_tokens=2)
+    logged = caplog.text
+    assert "A12345678" not in logged and "jo@example.com" not in logged
+    assert "[ORDER]" in logged and "[EMAIL]" in logged
+
+
+def test_cli_chat_repl_streams_and_logs_masked(trained: tuple[Path, dict], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from ecomnlp.cli import main
+
+    lines = iter(["call me on 555-123-4567 about my return", ""])
+    monkeypatch.setattr("builtins.input", lambda _: next(lines))
+    log = tmp_path / "transcript.jsonl"
+    main(["chat", "--model", str(trained[0]), "--max_new_tokens", "3", "--log", str(log)])
+    assert "bot> " in capsys.readouterr().out
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [r["role"] for r in records] == ["user", "assistant"]
+    assert records[0]["content"] == "call me on [PHONE] about my return"
+
+
+def test_train_chat_config_loads() -> None:
+    from ecomnlp.cli import command_arguments, train_chat_command
+
+    args = command_arguments(train_chat_command, str(Path(__file__).resolve().parents[1] / "configs/support_chat.yaml"))
+    assert args["model"] == "smollm2-135m-instruct" and args["data"].top_k == 3
+    assert "gate_proj" in args["lora"].target_modules
