@@ -63,6 +63,7 @@ class Backbone(nn.Module):
     def save_adapter(self, name: str, out: str | Path) -> None:
         """Write adapter ``name`` in peft's own format (adapter_config.json + adapter_model.safetensors)."""
         out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             self.encoder.save_pretrained(tmp, selected_adapters=[name])
             saved = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)

@@ -20,14 +20,17 @@ from torchmetrics.text import Perplexity
 
 from .artifact import CHAT_KIND, atomic_dir, base_checksum, write_card
 from .chat_data import IGNORE_INDEX, Dialogue, Message, load_dialogues, load_questions, render
-from .config import LLAMA_LORA, ChatDataConfig, LoraSettings, TrainerSettings
+from .config import LLAMA_LORA, ChatDataConfig, LoraSettings, RetrievalSettings, TrainerSettings
 from .data import DataError, LengthGroupedBatches
 from .knowledge import Entry, KnowledgeBase, Retriever, choose_threshold
 from .models import resolve
+from .retrieval_training import ADAPTER as RETRIEVAL_ADAPTER
+from .retrieval_training import train_retrieval_adapter
 from .training import Prepared, Split, TaskData, TrainableModule, _fit_module, _version
 
 log = logging.getLogger(__name__)
 KB_FILE = "kb.jsonl"
+RETRIEVAL_DIR = "retrieval"  # the encoder's retrieval adapter, inside a chat directory
 TASK = "support_chat"
 
 
@@ -183,6 +186,18 @@ def example_reply(model: Any, tokenizer: Any, retriever: Retriever, task: Any, t
     return {"question": question, **bot.chat([{"role": "user", "content": question}])}
 
 
+def question_pairs(dialogues: Sequence[Dialogue]) -> list[tuple[str, str]]:
+    """(the user question before each assistant turn, its entry id) for turns grounded on an entry."""
+    pairs = []
+    for dialogue in dialogues:
+        turns = [i for i, m in enumerate(dialogue.messages) if m["role"] == "assistant"]
+        for turn, entry in zip(turns, dialogue.kb):
+            users = [m["content"] for m in dialogue.messages[:turn] if m["role"] == "user"]
+            if entry is not None and users:
+                pairs.append((users[-1], entry))
+    return pairs
+
+
 def write_kb(kb: KnowledgeBase, path: Path) -> None:
     import json
 
@@ -198,12 +213,17 @@ def train_chat(
     store: str = "our store",
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
+    retrieval: RetrievalSettings = RetrievalSettings(),
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter of ``model`` on grounded support dialogues; save the chat directory ``out``.
 
-    The directory holds the adapter (peft format), ``card.json`` (base model and encoder with
-    checksums, retrieval settings, the hand-off threshold, perplexity before and after) and a copy of
-    the knowledge base, so ``ecomnlp.load(out)`` needs nothing else.
+    First, unless ``retrieval.epochs`` is 0, a retrieval adapter of the encoder learns to map the
+    training questions to their entries (validated on the answerable ``data.questions``). Then the
+    causal LM's adapter learns the replies, each grounded on the passages that retriever finds.
+    The directory holds the LM adapter (peft format), the retrieval adapter (``retrieval/``),
+    ``card.json`` (base model and encoder with checksums, retrieval settings, the hand-off threshold,
+    perplexity before and after) and a copy of the knowledge base, so ``ecomnlp.load(out)`` needs
+    nothing else.
     """
     import lightning as L
     from peft import LoraConfig, get_peft_model
@@ -228,10 +248,17 @@ def train_chat(
         cut = max(1, round(len(order) * data.valid_fraction))
         valid_dialogues = [train_dialogues[i] for i in sorted(order[:cut])]
         train_dialogues = [train_dialogues[i] for i in sorted(order[cut:])]
+    adapter_report: dict[str, Any] = {}
+    if retrieval.epochs > 0:
+        held_out = ([(q.text, q.kb) for q in load_questions(data.questions) if q.kb is not None] if data.questions
+                    else question_pairs(valid_dialogues))
+        adapter_report = train_retrieval_adapter(retriever, question_pairs(train_dialogues), held_out, retrieval,
+                                                 data.top_k, trainer, Path(out + ".retrieval"))
+        retriever = Retriever(kb, encoder, backbone=retriever.backbone, adapter=RETRIEVAL_ADAPTER)
     splits = {name: build_split(d, retriever, task, tokenizer, data.top_k, max_length)
               for name, d in (("train", train_dialogues), ("valid", valid_dialogues))}
-    retrieval = retrieval_report(retriever, data.questions, data.top_k) if data.questions else {}
-    if "threshold" not in retrieval:
+    report = {**adapter_report, **(retrieval_report(retriever, data.questions, data.top_k) if data.questions else {})}
+    if "threshold" not in report:
         log.warning("no answerable and out-of-KB questions given (data.questions): the bot never hands off")
 
     peft_model = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -248,26 +275,29 @@ def train_chat(
     if not fit.is_global_zero:
         return summary
     after = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)
-    summary.update(perplexity={"before": before, "after": after}, retrieval=retrieval,
-                   example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, retrieval, valid_dialogues),
+    summary.update(perplexity={"before": before, "after": after}, retrieval=report,
+                   example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, report, valid_dialogues),
                    wall_time_s=round(time.perf_counter() - started, 1))
     card = {
         "task": TASK, "kind": CHAT_KIND, "store": store,
         "base_model": {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)},
         "encoder": {"name": encoder, "path": str(encoder_dir), "checksum": base_checksum(encoder_dir),
-                    "query_prefix": retriever.query_prefix, "passage_prefix": retriever.passage_prefix},
-        "retrieval": {"top_k": data.top_k, "threshold": retrieval.get("threshold")},
+                    "query_prefix": retriever.query_prefix, "passage_prefix": retriever.passage_prefix,
+                    "adapter": retriever.adapter},
+        "retrieval": {"top_k": data.top_k, "threshold": report.get("threshold"), **dataclasses.asdict(retrieval)},
         "max_length": max_length,
         "lora": dataclasses.asdict(lora),
         "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch, "seed": trainer.seed,
                      "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},
-        "metrics": {"perplexity": summary["perplexity"], "retrieval": retrieval},
+        "metrics": {"perplexity": summary["perplexity"], "retrieval": report},
         "example": summary["example"],
         "ecomnlp_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with atomic_dir(out) as tmp:
         peft_model.save_pretrained(tmp)
+        if retriever.adapter:
+            retriever.backbone.save_adapter(retriever.adapter, tmp / RETRIEVAL_DIR)
         write_kb(kb, tmp / KB_FILE)
         write_card(tmp, card)
     return summary

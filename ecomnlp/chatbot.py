@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 from .artifact import check_base, read_card
 from .chat_data import Message
-from .chat_training import KB_FILE, context_window, grounded, load_causal_lm, support_task
+from .chat_training import KB_FILE, RETRIEVAL_DIR, context_window, grounded, load_causal_lm, support_task
 from .generation import GenerationSettings, prompt_ids, stream
 from .knowledge import Hit, KnowledgeBase, Retriever
 from .pii import mask_pii
@@ -108,9 +108,11 @@ def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "
     check_base({"base_model": card["encoder"]}, path, encoder_dir)
     model = PeftModel.from_pretrained(lm, str(path)).to(device)
     enc = card["encoder"]
-    retriever = Retriever(KnowledgeBase.load(kb or Path(path) / KB_FILE), enc["name"],
-                          backbone=Backbone(encoder_dir).to(device),
-                          query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"])
+    backbone = Backbone(encoder_dir)
+    if enc["adapter"]:
+        backbone.load_adapter(enc["adapter"], Path(path) / RETRIEVAL_DIR)
+    retriever = Retriever(KnowledgeBase.load(kb or Path(path) / KB_FILE), enc["name"], backbone=backbone.to(device),
+                          query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"], adapter=enc["adapter"])
     retrieval = card["retrieval"]
     return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],
                       retrieval["threshold"])

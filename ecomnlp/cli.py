@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .config import LLAMA_LORA, ChatDataConfig, DataConfig, LoraSettings, TaskSpec, TrainerSettings
+from .config import (LLAMA_LORA, ChatDataConfig, DataConfig, LoraSettings, RetrievalSettings, TaskSpec,
+                     TrainerSettings)
+from .tasks.fraud_settings import FRAUD_TRAINER, Detector, FraudData, Mode, NetworkSettings, ThresholdSettings
 
 
 def models_command() -> None:
@@ -103,6 +105,7 @@ def train_chat_command(
     store: str = "our store",
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
+    retrieval: RetrievalSettings = RetrievalSettings(),
 ) -> None:
     """Fine-tune a support chatbot's LoRA adapter on dialogues grounded on a knowledge base; save ``out``.
 
@@ -114,10 +117,11 @@ def train_chat_command(
         store: the store's name in the assistant's instructions.
         lora: adapter hyper-parameters.
         trainer: optimisation and Lightning settings; the best checkpoint has the lowest validation perplexity.
+        retrieval: the encoder's retrieval adapter (contrastive, on the training questions; 0 epochs: none).
     """
     from .chat_training import train_chat
 
-    summary = train_chat(data, out, model, encoder, store, lora, trainer)
+    summary = train_chat(data, out, model, encoder, store, lora, trainer, retrieval)
     if "perplexity" in summary:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
@@ -345,10 +349,45 @@ def cluster_command(data: str, text: str, out: str, model: str | None = None, ba
     print(f"report: {out}/clusters.json")
 
 
+def train_fraud_command(
+    data: FraudData,
+    features: dict[str, Any],
+    out: str,
+    mode: Mode = "supervised",
+    detector: Detector | None = None,
+    model: str = "minilm-l6",
+    network: NetworkSettings = NetworkSettings(),
+    threshold: ThresholdSettings = ThresholdSettings(),
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = FRAUD_TRAINER,
+    pooling: Literal["mean", "cls"] = "mean",
+) -> None:
+    """Train a fraud / anomaly detection task on records with numeric, categorical and text fields; save ``out``.
+
+    Args:
+        data: files, label and time columns, how validation and test rows are split off, batching.
+        features: a FeaturePipeline spec: numeric, categorical, crosses, templates (the text fields).
+        out: task directory to write (card with threshold and calibration, features.json, model.safetensors).
+        mode: supervised, semi_supervised (few labels) or unsupervised (labels unused).
+        detector: classifier (supervised), autoencoder, deep_svdd or ecod; default by mode.
+        model: base encoder for the text fields; not loaded when there are none.
+        network: the scorer's widths, embeddings, loss and class weights.
+        threshold: the alert rule chosen on validation: precision, alerts_per_day or alert_rate, and its target.
+        lora: the text adapter's hyper-parameters.
+        trainer: optimisation and Lightning settings; early stopping on validation AUPRC when it has labels.
+        pooling: how token vectors become one text vector.
+    """
+    from .tasks.fraud_detection import train_fraud
+
+    summary = train_fraud(data, features, out, mode, detector, model, network, threshold, lora, trainer, pooling)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
-            "train-multitask": train_multitask_command, "train-chat": train_chat_command, "chat": chat_command,
+            "train-multitask": train_multitask_command, "train-chat": train_chat_command,
+            "train-fraud": train_fraud_command, "chat": chat_command,
             "finetune": finetune_command, "merge": merge_command,
             "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}

@@ -98,3 +98,16 @@ class ChatDataConfig:
 
 LLAMA_LORA = LoraSettings(r=16, alpha=32, dropout=0.05,
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class RetrievalSettings:
+    """The support bot's retrieval adapter on the shared encoder, trained contrastively on the training
+    dialogues' questions (InfoNCE over all entries, ``temperature``); 0 ``epochs``: the base encoder alone."""
+
+    epochs: int = 8
+    lr: float = 5e-4
+    batch_size: int = 32
+    temperature: float = 0.05
+    patience: int = 3
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=8, alpha=16, dropout=0.1))

@@ -225,8 +225,11 @@ class Retriever:
         max_length: int = 256,
         cache: Path | None = None,
         batch_size: int = 64,
+        adapter: str | None = None,
     ) -> None:
         """Load ``encoder`` (a model name or HF folder) unless a loaded ``backbone`` is shared.
+        ``adapter`` names a LoRA adapter of the backbone that embeds the questions (default: the base
+        alone); passages are always embedded by the base, so their cached vectors do not depend on it.
 
         Prefixes default to "query: " / "passage: " for e5-small-multilingual (the encoder's folder has
         that name, as ``resolve`` makes it) and to "" otherwise.
@@ -246,7 +249,7 @@ class Retriever:
         self.passage_prefix = passage_prefix if passage_prefix is not None else "passage: " if e5 else ""
         self.pooling: Pooling = pooling
         self.max_length = min(max_length, self.backbone.max_positions)
-        self.batch_size = batch_size
+        self.batch_size, self.adapter = batch_size, adapter
         self.entries = sorted(kb.entries, key=lambda e: e.id)
         settings = {"kb": kb.fingerprint(), "base": base_checksum(self.backbone.base_dir),
                     "query_prefix": self.query_prefix, "passage_prefix": self.passage_prefix,
@@ -259,16 +262,16 @@ class Retriever:
             log.info("knowledge base vectors loaded from %s", self.cache_path)
         else:
             log.info("embedding %d knowledge-base entries with %s", len(self.entries), self.backbone.base_dir)
-            self.vectors = self._embed([f"{self.passage_prefix}{e.title}\n{e.text}" for e in self.entries])
+            self.vectors = self._embed([f"{self.passage_prefix}{e.title}\n{e.text}" for e in self.entries], None)
             _save_vectors(self.cache_path, self.vectors, {"ids": json.dumps([e.id for e in self.entries]),
                                                           **{k: str(v) for k, v in settings.items()}})
 
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised base-encoder vectors of ``texts``, in order."""
+    def _embed(self, texts: list[str], adapter: str | None) -> torch.Tensor:
+        """L2-normalised encoder vectors of ``texts`` (through ``adapter``, or the base alone), in order."""
         from .predictor import embed
 
         ids = tokenize(self.backbone.tokenizer, [texts], self.max_length)
-        return torch.nn.functional.normalize(embed(self.backbone, None, ids, self.batch_size, self.pooling), dim=-1)
+        return torch.nn.functional.normalize(embed(self.backbone, adapter, ids, self.batch_size, self.pooling), dim=-1)
 
     def search(self, query: str, k: int = 3) -> list[Hit]:
         """The ``k`` entries most similar to ``query``, best first."""
@@ -280,7 +283,7 @@ class Retriever:
             raise ValueError(f"k must be at least 1, got {k}")
         if not queries:
             return []
-        scores = self._embed([self.query_prefix + q for q in queries]) @ self.vectors.T
+        scores = self._embed([self.query_prefix + q for q in queries], self.adapter) @ self.vectors.T
         top = scores.topk(min(k, len(self.entries)), dim=1)
         return [[Hit(self.entries[i], s) for s, i in zip(values, indices)]
                 for values, indices in zip(top.values.tolist(), top.indices.tolist())]

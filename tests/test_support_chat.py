@@ -101,7 +101,8 @@ def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict],
 
     out, summary = trained
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                                     "card.json", "kb.jsonl"]
+                                                     "card.json", "kb.jsonl", "retrieval"]
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "retrieval").iterdir()}
     card = json.loads((out / "card.json").read_text(encoding="utf-8"))
     assert card["task"] == "support_chat" and card["kind"] == "chat" and card["retrieval"]["top_k"] == 2
     threshold = card["retrieval"]["threshold"]
@@ -168,3 +169,24 @@ def test_train_chat_config_loads() -> None:
     args = command_arguments(train_chat_command, str(Path(__file__).resolve().parents[1] / "configs/support_chat.yaml"))
     assert args["model"] == "smollm2-135m-instruct" and args["data"].top_k == 3
     assert "gate_proj" in args["lora"].target_modules
+
+
+def test_retrieval_adapter_learns_the_questions(tiny_encoder: Path, files: dict[str, Path], tmp_path: Path) -> None:
+    from ecomnlp.backbone import Backbone
+    from ecomnlp.chat_data import load_dialogues
+    from ecomnlp.chat_training import question_pairs
+    from ecomnlp.config import RetrievalSettings, TrainerSettings
+    from ecomnlp.knowledge import KnowledgeBase, Retriever
+    from ecomnlp.retrieval_training import ADAPTER, recall, train_retrieval_adapter
+
+    kb = KnowledgeBase.load(files["kb"])
+    base = Retriever(kb, str(tiny_encoder), backbone=Backbone(tiny_encoder), cache=tmp_path / "cache")
+    pairs = question_pairs(load_dialogues(files["train"]))
+    assert len(pairs) == 15 and ("and returns?", "returns") in pairs
+    settings = RetrievalSettings(epochs=15, lr=2e-2, batch_size=8, patience=20)
+    trainer = TrainerSettings(progress_bar=False, accelerator="cpu", devices=1, log_every_n_steps=1)
+    report = train_retrieval_adapter(base, pairs, pairs, settings, 1, trainer, tmp_path / "work")
+    tuned = Retriever(kb, str(tiny_encoder), backbone=base.backbone, adapter=ADAPTER, cache=tmp_path / "cache")
+    assert tuned.cache_path == base.cache_path and tuned.from_cache  # passages: base vectors, cached once
+    assert report["recall_before"] < 1.0 and recall(tuned, pairs, 1) == 1.0
+    assert recall(base, pairs, 1) == report["recall_before"]  # the base alone is unchanged
