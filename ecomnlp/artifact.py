@@ -4,6 +4,8 @@
     head.safetensors                                  the task head (not for chat models)
     card.json                                         task, labels, base model + checksum, schema, metrics
     kb.jsonl                                          chat models: the knowledge base they were trained on
+    features.json, model.safetensors                  fraud tasks: the feature pipeline and the scorer's weights
+                                                      (the adapter only when the task has text fields)
 """
 from __future__ import annotations
 
@@ -21,6 +23,10 @@ CARD = "card.json"
 HEAD = "head.safetensors"
 FORMAT_VERSION = 1
 CHAT_KIND = "chat"  # card["kind"] of a causal-LM chat model; encoder tasks have no "kind"
+FRAUD_KIND = "fraud"  # card["kind"] of a fraud-detection task (tasks/fraud_detection.py)
+FEATURES = "features.json"
+MODEL_WEIGHTS = "model.safetensors"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class ArtifactError(ValueError):
@@ -124,11 +130,20 @@ def read_card(path: str | Path) -> dict[str, Any]:
     card = json.loads(card_path.read_text(encoding="utf-8"))
     if card.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{card_path}: unsupported format_version {card.get('format_version')}")
-    heads = () if card.get("kind") == CHAT_KIND else (HEAD,)  # a chat model's LM head is the base model's own
-    for f in ("adapter_config.json", "adapter_model.safetensors", *heads):
+    for f in required_files(card):
         if not (path / f).exists():
             raise ArtifactError(f"{path} is incomplete: {f} is missing")
     return card
+
+
+def required_files(card: dict[str, Any]) -> tuple[str, ...]:
+    """The files a directory with this card must hold, besides the card."""
+    kind = card.get("kind")
+    if kind == CHAT_KIND:  # a chat model's LM head is the base model's own
+        return ADAPTER_FILES
+    if kind == FRAUD_KIND:  # a text-free fraud task has no encoder, so no adapter
+        return (FEATURES, MODEL_WEIGHTS, *(ADAPTER_FILES if card.get("base_model") else ()))
+    return (*ADAPTER_FILES, HEAD)
 
 
 def check_base(card: dict[str, Any], path: str | Path, base_dir: str | Path) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .artifact import CHAT_KIND, HEAD, check_base, read_card
+from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, check_base, read_card
 from .backbone import Backbone, Pooling
 from .data import LengthGroupedBatches, collate, tokenize
 from .models import resolve
@@ -16,6 +16,7 @@ from .task import Task, build_task
 
 if TYPE_CHECKING:
     from .chatbot import SupportBot
+    from .tasks.fraud_detection import FraudModel
 
 Inputs = str | Sequence[str] | Sequence[Mapping[str, Any]]
 
@@ -151,14 +152,19 @@ def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
     return Backbone(resolve(base)).to(device).eval()
 
 
-def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel | SupportBot:
+def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel | SupportBot | FraudModel:
     """A trained task directory, ready to ``predict``; a chat directory (``train_chat``) gives a
-    ``SupportBot``. ``base`` overrides where an encoder task's base model is found."""
+    ``SupportBot``, a fraud directory (``train_fraud``) a ``FraudModel``. ``base`` overrides where an
+    encoder task's base model is found."""
     card = read_card(path)
     if card.get("kind") == CHAT_KIND:
         from .chatbot import load_chatbot
 
         return load_chatbot(path, device=device)
+    if card.get("kind") == FRAUD_KIND:
+        from .tasks.fraud_detection import load_fraud
+
+        return load_fraud(path, base, device)
     return attach(backbone_for(path, base, device), path, card["task"])
 
 

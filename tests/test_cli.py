@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 RAW = {p: yaml.safe_load(p.read_text(encoding="utf-8")) or {} for p in ALL_CONFIGS}
 SUITES = [p for p in ALL_CONFIGS if isinstance(RAW[p].get("tasks"), list)]
-CONFIGS = [p for p in ALL_CONFIGS if "tasks" not in RAW[p]]  # joint runs (tasks: {name: ...}): test_multitask.py
+# `train` configs; joint runs (tasks: {name: ...}): test_multitask.py; train-chat: test_support_chat.py;
+# train-fraud: test_fraud_detection.py
+CONFIGS = [p for p in ALL_CONFIGS if "task" in RAW[p]]
 ARTIFACT_FILES = ["adapter_config.json", "adapter_model.safetensors", "card.json", "head.safetensors"]
 
 

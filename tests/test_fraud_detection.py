@@ -1,0 +1,338 @@
+"""Fraud detection on tiny synthetic records whose answer is known (a fraud is a record with a large x0):
+imbalance handling, the validation threshold, text-free and text-bearing records, NaN and unseen categories,
+save -> load -> identical scores, explanations, ECOD against PyOD, and the CLI."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import NEGATIVE, POSITIVE
+
+FEATURES = {"numeric": {"x0": {}, "x1": {}, "amount": {"log": True}}, "categorical": {"country": {}}}
+TEXT_FEATURES = {**FEATURES, "templates": {"note": "{note}"}}
+TAIL = 2.17  # P(N(0,1) > 2.17) ~ 1.5%
+
+
+def records(n: int, seed: int = 0) -> pd.DataFrame:
+    """Frauds are exactly the rows with x0 > TAIL (~1.5%), and their note is a complaint; x1, amount and country
+    are noise. One row per minute, so validation spans n / 1440 days."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.normal(size=n)
+    fraud = x0 > TAIL
+    notes = np.where(fraud, rng.choice(NEGATIVE, n), rng.choice(POSITIVE, n))
+    frame = pd.DataFrame({"minute": np.arange(n) * 60.0, "x0": x0, "x1": rng.normal(size=n),
+                          "amount": np.exp(rng.normal(3, 1, n)), "country": rng.choice(["FR", "DE", "US"], n),
+                          "note": notes, "label": fraud.astype(int)})
+    frame.loc[::97, "x1"] = np.nan  # some missing values in training, so x1 gets a missing indicator
+    return frame
+
+
+def trainer(epochs: int = 6, **kwargs):
+    from ecomnlp.config import TrainerSettings
+
+    return TrainerSettings(**{"max_epochs": epochs, "lr": 1e-2, "progress_bar": False, "accelerator": "cpu",
+                              "devices": 1, "patience": 10, "log_every_n_steps": 5, "seed": 0, **kwargs})
+
+
+def fit(tmp_path: Path, frame: pd.DataFrame, features: dict = FEATURES, mode: str = "supervised",
+        detector: str | None = None, threshold=None, network=None, model: str = "minilm-l6", epochs: int = 6,
+        **data):
+    from ecomnlp.tasks.fraud_detection import FraudData, NetworkSettings, ThresholdSettings, fit_fraud
+
+    path = tmp_path / "records.csv"
+    frame.to_csv(path, index=False)
+    data = FraudData(train=str(path), time="minute", split="temporal", test_fraction=0.2, batch_size=128,
+                     **data)
+    if threshold is None:
+        threshold = ThresholdSettings() if mode != "unsupervised" else ThresholdSettings("alert_rate", 0.02)
+    return fit_fraud(data, features, mode, detector, model, network or NetworkSettings(hidden=[32, 16]),
+                     threshold, trainer=trainer(epochs), work_dir=tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory):
+    """A text-free supervised model, saved; building it must never construct an encoder."""
+    import ecomnlp.predictor
+    import ecomnlp.tasks.fraud_detection as fraud
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("a text-free fraud task loaded a text encoder")
+
+    tmp = tmp_path_factory.mktemp("fraud")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fraud, "Backbone", no_encoder)
+        mp.setattr(ecomnlp.predictor, "Backbone", no_encoder)
+        model, summary = fit(tmp, records(3000))
+        model.save(tmp / "task")
+        import ecomnlp
+
+        loaded = ecomnlp.load(tmp / "task")
+    return model, summary, loaded, tmp / "task"
+
+
+# --- imbalance handling ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pos_weight, gamma", [(1.0, 0.0), (3.0, 0.0), (1.0, 2.0), (3.0, 2.0)])
+def test_imbalance_loss_weights_positives_and_focuses_on_hard_rows(pos_weight: float, gamma: float) -> None:
+    from ecomnlp.detection import imbalance_loss
+
+    logits, targets = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    p = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))
+    p_true = [0.5, 1 - p[0], p[1]]  # probability given to each row's true class
+    weights = [pos_weight, 1.0, pos_weight]
+    terms = [w * (1 - q) ** gamma * -math.log(q) for w, q in zip(weights, p_true)]
+    assert imbalance_loss(logits, targets, pos_weight, gamma).item() == pytest.approx(sum(terms) / sum(weights))
+
+
+@pytest.mark.parametrize("option, expected", [("balanced", 4.0), ("sqrt", 2.0), (5.0, 5.0), (None, 1.0)])
+def test_class_weight_options(option, expected: float) -> None:
+    from ecomnlp.detection import resolve_pos_weight
+
+    labels = np.array([1, 1] + [0] * 8 + [np.nan] * 3)  # unlabelled rows do not count
+    assert resolve_pos_weight(option, labels) == expected
+
+
+@pytest.fixture(scope="module")
+def unweighted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Test metrics of plain binary cross-entropy, no class weights, same rows and budget."""
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    _, summary = fit(tmp_path_factory.mktemp("plain"), records(3000),
+                     network=NetworkSettings(hidden=[32, 16], pos_weight=None))
+    return summary["metrics"]["test"]
+
+
+@pytest.mark.parametrize("loss, pos_weight", [("bce", "balanced"), ("bce", "sqrt"), ("focal", None)])
+def test_imbalance_handling_finds_the_rare_frauds(tmp_path: Path, unweighted: dict, loss: str, pos_weight) -> None:
+    """1.5% frauds, decided by x0 alone: with class weights or focal loss the same small training budget ranks the
+    held-out frauds far better than plain cross-entropy does."""
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    model, summary = fit(tmp_path, records(3000), network=NetworkSettings(hidden=[32, 16], loss=loss,
+                                                                          pos_weight=pos_weight))
+    train = summary["splits"]["train"]
+    assert 0.005 < train["frauds"] / train["rows"] < 0.03
+    ratio = (train["rows"] - train["frauds"]) / train["frauds"]
+    expected_weight = {"balanced": ratio, "sqrt": math.sqrt(ratio), None: 1.0}[pos_weight]
+    assert model.card["model"]["pos_weight"] == pytest.approx(expected_weight)
+    assert model.card["model"]["focal_gamma"] == (2.0 if loss == "focal" else 0.0)
+    test = summary["metrics"]["test"]
+    assert test["positives"] == unweighted["positives"] >= 5
+    assert test["auroc"] >= 0.95 and test["auprc"] >= unweighted["auprc"] + 0.25
+
+
+# --- the threshold --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9])
+def test_precision_threshold_meets_its_target_with_the_most_recall(target: float) -> None:
+    from ecomnlp.detection import choose_threshold
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(2000) < 0.05).astype(float)
+    scores = labels + rng.normal(scale=0.6, size=2000)
+    chosen = choose_threshold(scores, "precision", target, labels)
+    alerts = scores >= chosen["value"]
+    assert chosen["met"] and labels[alerts].mean() >= target
+    assert chosen["valid"]["precision"] == pytest.approx(labels[alerts].mean())
+    better = [t for t in np.unique(scores) if labels[scores >= t].mean() >= target and t < chosen["value"]]
+    assert not better  # no lower threshold (more frauds caught) also meets the target
+
+
+def test_unreachable_precision_falls_back_to_the_most_precise_threshold() -> None:
+    from ecomnlp.detection import choose_threshold
+
+    scores, labels = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.0, 1.0, 0.0, 1.0])
+    chosen = choose_threshold(scores, "precision", 0.9, labels)
+    assert not chosen["met"] and chosen["value"] == 0.6 and chosen["valid"]["precision"] == 0.5
+
+
+@pytest.mark.parametrize("rule, target, alerts", [("alerts_per_day", 10, 30), ("alert_rate", 0.1, 300)])
+def test_alert_budget_threshold(rule: str, target: float, alerts: int) -> None:
+    from ecomnlp.detection import choose_threshold
+
+    scores = np.random.default_rng(2).normal(size=3000)
+    times = np.linspace(0, 3 * 86400, 3000)  # three days
+    chosen = choose_threshold(scores, rule, target, times=times)
+    assert chosen["valid"]["alerts"] == alerts == int(np.sum(scores >= chosen["value"]))
+
+
+def test_trained_threshold_meets_its_target_on_validation(supervised) -> None:
+    model, summary, _, _ = supervised
+    chosen = model.card["threshold"]
+    assert chosen["rule"] == "precision" and chosen["met"] and chosen["valid"]["precision"] >= 0.9
+    assert summary["metrics"]["valid"]["at_threshold"]["precision"] == pytest.approx(chosen["valid"]["precision"])
+    assert model.card["calibration"]["method"] == "platt"
+
+
+# --- records: text-free, text-bearing, NaN and unseen categories ----------------------------------------------
+
+def test_text_free_task_has_no_encoder_files_and_reloads_identically(supervised) -> None:
+    model, _, loaded, task = supervised
+    assert sorted(p.name for p in task.iterdir()) == ["card.json", "features.json", "model.safetensors"]
+    card = json.loads((task / "card.json").read_text())
+    assert card["kind"] == "fraud" and "base_model" not in card and loaded.backbone is None
+    frame = records(500, seed=7)
+    assert np.array_equal(model.scores(frame), loaded.scores(frame))
+
+
+def test_nan_missing_and_unseen_values_score(supervised) -> None:
+    _, _, loaded, _ = supervised
+    rows = [{"x0": 3.5, "x1": float("nan"), "amount": 20.0, "country": "FR"},
+            {"x0": None, "x1": 0.1, "amount": float("nan"), "country": "ZZ"},  # unseen category
+            {"x0": -1.0, "amount": 5.0},  # no x1, no country: missing
+            {"x0": 0.2, "x1": 0.3, "amount": 1.0, "country": None}]
+    out = loaded.score(rows, top_k=2)
+    assert len(out) == 4 and all(0 <= r["score"] <= 1 and isinstance(r["alert"], bool) for r in out)
+    assert out[0]["alert"] and not out[2]["alert"]
+    assert all(len(r["explanation"]) <= 2 for r in out)
+    frame_scores = loaded.scores(pd.DataFrame(rows))  # a DataFrame gives the same scores as dicts
+    assert np.allclose(frame_scores, [r["score"] for r in out])
+
+
+def test_explanation_names_the_field_that_decides(supervised) -> None:
+    """A fraud is decided by x0: it is the top contributing field of every alert."""
+    _, _, loaded, _ = supervised
+    frame = records(2000, seed=3)
+    alerts = [r for r in loaded.score(frame, top_k=3) if r["alert"]]
+    assert alerts and all(r["explanation"][0]["field"] == "x0" for r in alerts)
+    first = alerts[0]["explanation"][0]
+    assert first["value"] > TAIL and first["contribution"] > 0
+
+
+def test_text_bearing_task_trains_its_adapter_and_checks_its_base(tmp_path: Path, tiny_encoder: Path,
+                                                                   other_tiny_encoder: Path) -> None:
+    import ecomnlp
+    from ecomnlp.artifact import ArtifactError
+
+    model, summary = fit(tmp_path, records(1500), TEXT_FEATURES, model=str(tiny_encoder), epochs=2)
+    task = model.save(tmp_path / "task")
+    assert {"adapter_config.json", "adapter_model.safetensors", "features.json", "model.safetensors"} <= {
+        p.name for p in task.iterdir()}
+    assert model.card["text_fields"] == ["note"] and model.card["base_model"]["path"] == str(tiny_encoder)
+    loaded = ecomnlp.load(task)
+    frame = records(200, seed=5)
+    assert np.array_equal(model.scores(frame), loaded.scores(frame))
+    out = loaded.score([{"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US"}])  # no note: an empty text
+    assert math.isfinite(out[0]["score"])
+    notes = [e for r in loaded.score(frame.head(50), top_k=10) for e in r["explanation"] if e["field"] == "note"]
+    assert all(e["value"] in POSITIVE + NEGATIVE for e in notes)
+    with pytest.raises(ArtifactError, match="base model"):
+        ecomnlp.load(task, base=str(other_tiny_encoder))
+    (task / "adapter_model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="adapter_model.safetensors"):
+        ecomnlp.load(task)
+
+
+def test_unsupervised_text_bearing_autoencoder(tmp_path: Path, tiny_encoder: Path) -> None:
+    import ecomnlp
+
+    model, summary = fit(tmp_path, records(1500), TEXT_FEATURES, mode="unsupervised", detector="autoencoder",
+                         model=str(tiny_encoder), epochs=2)
+    assert model.card["training"]["labels_used"] is False and model.card["score"] == "anomaly score"
+    loaded = ecomnlp.load(model.save(tmp_path / "task"))
+    frame = records(200, seed=6)
+    assert np.array_equal(model.scores(frame), loaded.scores(frame))
+
+
+# --- detectors: save -> load -> identical scores ---------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, detector, threshold, epochs", [
+    ("unsupervised", "autoencoder", ("alerts_per_day", 20.0), 3),
+    ("unsupervised", "deep_svdd", ("alert_rate", 0.02), 8),  # Deep SVDD needs its autoencoder pretrained longer
+    ("unsupervised", "ecod", ("alert_rate", 0.02), 0),
+    ("semi_supervised", "autoencoder", ("precision", 0.5), 3),
+    ("semi_supervised", "ecod", ("precision", 0.5), 0),
+])
+def test_detectors_save_load_identical(tmp_path: Path, mode: str, detector: str, threshold: tuple,
+                                       epochs: int) -> None:
+    import ecomnlp
+    from ecomnlp.tasks.fraud_detection import NetworkSettings, ThresholdSettings
+
+    frame = records(2000)
+    if mode == "semi_supervised":  # most labels missing
+        frame["label"] = frame["label"].astype(object)
+        frame.loc[frame.index % 3 != 0, "label"] = None
+    model, summary = fit(tmp_path, frame, mode=mode, detector=detector, threshold=ThresholdSettings(*threshold),
+                         network=NetworkSettings(hidden=[16], bottleneck=4, mask=0.3), epochs=epochs or 1)
+    loaded = ecomnlp.load(model.save(tmp_path / "task"))
+    other = records(300, seed=9)
+    assert np.array_equal(model.scores(other), loaded.scores(other))
+    assert loaded.threshold == model.threshold and loaded.card["detector"] == detector
+    assert summary["metrics"]["test"]["auroc"] > 0.8  # x0's tail is rare, so it is anomalous too
+    calibrated = model.card["calibration"]["method"] == "platt"
+    assert calibrated == (mode == "semi_supervised")  # validation labels turn the anomaly score into a probability
+
+
+def test_unsupervised_mode_reads_no_labels(tmp_path: Path) -> None:
+    """Shuffling the labels changes nothing in an unsupervised model, only the metrics."""
+    frame = records(1500)
+    scrambled = frame.assign(label=np.random.default_rng(0).permutation(frame["label"].to_numpy()))
+    scores = []
+    for i, f in enumerate((frame, scrambled)):
+        (tmp_path / str(i)).mkdir()
+        model, _ = fit(tmp_path / str(i), f, mode="unsupervised", detector="autoencoder", epochs=2)
+        scores.append(model.scores(records(200, seed=4)))
+    assert np.array_equal(*scores)
+
+
+def test_ecod_scores_a_record_as_pyod_does_for_a_batch_of_one() -> None:
+    from pyod.models.ecod import ECOD
+
+    from ecomnlp.detectors import Ecod
+
+    rng = np.random.default_rng(0)
+    train = np.c_[rng.normal(size=400), rng.exponential(size=400), -rng.exponential(size=400)]
+    ours = Ecod(400, 3).fit(torch.from_numpy(train))
+    reference = ECOD().fit(train)
+    rows = np.r_[train[:3], [[4.0, 0.01, -6.0], [0.0, 9.0, 0.0]]]
+    ours_scores = ours.score({"numeric": torch.from_numpy(rows).float(), "categorical": None, "text": None})
+    for row, score in zip(rows, ours_scores.tolist()):
+        assert score == pytest.approx(reference.decision_function(row[None])[0], rel=1e-4)
+
+
+# --- files and the command line ---------------------------------------------------------------------------------
+
+def test_incomplete_fraud_directory_is_refused(supervised, tmp_path: Path) -> None:
+    import shutil
+
+    from ecomnlp.artifact import ArtifactError, read_card
+
+    task = shutil.copytree(supervised[3], tmp_path / "task")
+    (task / "model.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="model.safetensors is missing"):
+        read_card(task)
+
+
+def test_cli_train_fraud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    import ecomnlp
+    from ecomnlp.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(SystemExit) as info:  # the benchmark config parses with this command's parser
+        main(["train-fraud", "--config", str(root / "configs" / "fraud_detection.yaml"), "--print_config"])
+    assert info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["split"] == "temporal" and len(printed["features"]["numeric"]) == 29
+
+    data = tmp_path / "records.csv"
+    records(1500).to_csv(data, index=False)
+    config = tmp_path / "fraud.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(tmp_path / "task"), "data": {"train": str(data), "time": "minute", "split": "temporal",
+                                                 "test_fraction": 0.2, "batch_size": 128},
+        "features": FEATURES, "network": {"hidden": [16]},
+        "trainer": {"max_epochs": 2, "lr": 1e-2, "progress_bar": False, "accelerator": "cpu", "devices": 1}}))
+    main(["train-fraud", "--config", str(config), "--threshold.rule", "alerts_per_day", "--threshold.target", "50"])
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index('{\n  "out"'):])
+    assert summary["out"] == str(tmp_path / "task") and summary["threshold"]["rule"] == "alerts_per_day"
+    model = ecomnlp.load(tmp_path / "task")
+    assert model.card["threshold"] == summary["threshold"] and model.card["mode"] == "supervised"
