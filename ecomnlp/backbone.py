@@ -12,6 +12,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from .config import LoraSettings
+
 Pooling = Literal["mean", "cls"]
 
 
@@ -82,5 +84,7 @@ class Backbone(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules: list[str]) -> LoraConfig:
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, bias="none")
+def lora_config(lora: LoraSettings, task_type: str | None = None) -> LoraConfig:
+    """peft's LoraConfig for ``lora`` (``task_type`` e.g. ``"CAUSAL_LM"`` for a language model)."""
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                      layers_to_transform=lora.layers, bias="none", task_type=task_type)

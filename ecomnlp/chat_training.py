@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.nn import functional as F
 from torchmetrics.text import Perplexity
 
 from .artifact import CHAT_KIND, atomic_dir, base_checksum, write_card
@@ -120,6 +121,15 @@ def build_split(dialogues: Sequence[Dialogue], retriever: Retriever, task: Any, 
     return ChatSplit(ids, labels)
 
 
+def reply_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token logits only at the positions whose next token is learned in some row of the batch
+    (the LM head over the whole vocabulary is skipped for prompt positions), and their targets."""
+    targets = batch["labels"][:, 1:]
+    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return logits.float(), targets[:, keep]
+
+
 class ChatModule(TrainableModule):
     """A peft-wrapped causal LM: next-token loss on reply tokens; validation perplexity (torchmetrics)."""
 
@@ -129,13 +139,13 @@ class ChatModule(TrainableModule):
         self.val_perplexity = Perplexity(ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        logits, targets = reply_logits(self.model, batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        self.val_perplexity.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+        self.val_perplexity.update(*reply_logits(self.model, batch))
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/perplexity", self.val_perplexity.compute(), prog_bar=True)
@@ -149,9 +159,7 @@ def perplexity(model: Any, split: ChatSplit, pad_id: int, batch_size: int) -> fl
     was_training = model.training
     model.eval()
     for index in LengthGroupedBatches([len(x) for x in split.ids], batch_size, shuffle=False):
-        batch = split.batch(index, pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        metric.update(logits[:, :-1].float(), batch["labels"][:, 1:])
+        metric.update(*reply_logits(model, split.batch(index, pad_id)))
     model.train(was_training)
     return metric.compute().item()
 
@@ -226,9 +234,9 @@ def train_chat(
     nothing else.
     """
     import lightning as L
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    from .backbone import Backbone
+    from .backbone import Backbone, lora_config
 
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
@@ -261,8 +269,7 @@ def train_chat(
     if "threshold" not in report:
         log.warning("no answerable and out-of-KB questions given (data.questions): the bot never hands off")
 
-    peft_model = get_peft_model(lm, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                               target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(lm, lora_config(lora, "CAUSAL_LM"))
     pad_id = tokenizer.pad_token_id
     with peft_model.disable_adapter():
         before = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)

@@ -39,12 +39,14 @@ class TaskSpec:
 
 @dataclass
 class LoraSettings:
-    """peft LoRA hyper-parameters of a task's adapter."""
+    """peft LoRA hyper-parameters of a task's adapter. ``layers``: the layer indices that get LoRA
+    (default all); adapting only the top layers spares the backward pass through the lower ones."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    layers: list[int] | None = None
 
 
 @dataclass

@@ -217,7 +217,7 @@ def train_multitask(
         members[name] = Member(task, spec.data, prepared, task.build_head(backbone.hidden_size),
                                name if adapters == "per_task" else SHARED_ADAPTER)
     for adapter in dict.fromkeys(m.adapter for m in members.values()):
-        backbone.add_adapter(adapter, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+        backbone.add_adapter(adapter, lora_config(lora))
     backbone.encoder.set_requires_grad(backbone.adapters, True)  # add_adapter left only the last one trainable
     probabilities = task_probabilities({name: len(m.prepared.train.ids) for name, m in members.items()},
                                        sampler, temperature)

@@ -71,7 +71,7 @@ def train_retrieval_adapter(retriever: Retriever, train: Sequence[tuple[str, str
                         {"train_examples": len(train), "valid_examples": len(valid)})
     before = recall(retriever, valid, k)
     lora = settings.lora
-    backbone.add_adapter(ADAPTER, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+    backbone.add_adapter(ADAPTER, lora_config(lora))
     trainer = dataclasses.replace(trainer, lr=settings.lr, max_epochs=settings.epochs, patience=settings.patience,
                                   monitor=None, val_check_interval=1.0)
     module = RetrievalModule(backbone, retriever.vectors, retriever.pooling, settings.temperature, k, trainer)

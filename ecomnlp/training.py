@@ -305,7 +305,7 @@ def train(
     backbone = Backbone(base_dir)
     the_task = build_task(task, task_options)
     prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed, rows=rows)
-    backbone.add_adapter(the_task.name, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+    backbone.add_adapter(the_task.name, lora_config(lora))
     head = the_task.build_head(backbone.hidden_size)
     out_path = Path(out)
     fit, best = _fit(backbone, the_task, head, prepared, data, trainer, pooling, out_path)

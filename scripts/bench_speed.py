@@ -32,12 +32,13 @@ def main() -> None:
     import torch
 
     from ecomnlp.backbone import Backbone, lora_config
+    from ecomnlp.config import LoraSettings
     from ecomnlp.data import LengthGroupedBatches, choose_max_length, collate, read_table, tokenize
     from ecomnlp.models import resolve
 
     texts = [t for t in read_table(opts.data)[opts.column] if t and t.strip()]
     backbone = Backbone(resolve(opts.model))
-    backbone.add_adapter("bench", lora_config(8, 16, 0.1, ["query", "key", "value", "dense"]))
+    backbone.add_adapter("bench", lora_config(LoraSettings(8, 16, 0.1, ["query", "key", "value", "dense"])))
     backbone.train()
     params = [p for p in backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)

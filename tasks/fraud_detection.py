@@ -316,7 +316,7 @@ def fit_fraud(
         card["max_length"] = data.max_length or choose_max_length(lengths, 98.0, limit)
         card["base_model"] = {"name": model, "path": str(base_dir), "checksum": base_checksum(base_dir)}
         card["lora"] = dataclasses.asdict(lora)
-        backbone.add_adapter(TASK, lora_config(lora.r, lora.alpha, lora.dropout, lora.target_modules))
+        backbone.add_adapter(TASK, lora_config(lora))
         ids = {name: tokenize_texts(backbone.tokenizer, f.texts, card["max_length"]) for name, f in encoded.items()}
 
     text_size = backbone.hidden_size if backbone else 0

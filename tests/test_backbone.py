@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModel
 
 from ecomnlp.backbone import Backbone, lora_config
+from ecomnlp.config import LoraSettings
 from ecomnlp.data import collate
 
 TEXTS = ["great coffee, fast shipping", "酒店早餐很难吃", "the blender broke after a week and the refund took too long"]
@@ -18,7 +19,7 @@ TEXTS = ["great coffee, fast shipping", "酒店早餐很难吃", "the blender br
 def _random_lora(seed: int) -> LoraConfig:
     """LoRA with random (non-zero) B so that the adapter changes the output from the start."""
     torch.manual_seed(seed)
-    config = lora_config(r=4, alpha=8, dropout=0.0, target_modules=["query", "key", "value", "dense"])
+    config = lora_config(LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["query", "key", "value", "dense"]))
     config.init_lora_weights = False
     return config
 
@@ -44,13 +45,13 @@ def test_base_frozen_and_only_active_adapter_trainable(backbone: Backbone) -> No
     def lora_of(adapter: str) -> set[str]:
         return {n for n, _ in backbone.named_parameters() if ".lora_" in n and f".{adapter}." in n}
 
-    backbone.add_adapter("sentiment", lora_config(4, 8, 0.1, ["query", "value"]))
+    backbone.add_adapter("sentiment", lora_config(LoraSettings(4, 8, 0.1, ["query", "value"])))
     assert backbone.adapters == ["sentiment"]
     assert lora_of("sentiment") and _trainable(backbone) == lora_of("sentiment")  # base weights all frozen
     assert sum(1 for n, _ in backbone.named_parameters() if ".lora_" not in n) == base_count
     assert not any(".pooler." in n for n in lora_of("sentiment"))
 
-    backbone.add_adapter("category", lora_config(4, 8, 0.1, ["query", "value"]))
+    backbone.add_adapter("category", lora_config(LoraSettings(4, 8, 0.1, ["query", "value"])))
     assert sorted(backbone.adapters) == ["category", "sentiment"]
     assert _trainable(backbone) == lora_of("category")  # the new one is active; the first is frozen now
 
@@ -61,9 +62,9 @@ def test_base_frozen_and_only_active_adapter_trainable(backbone: Backbone) -> No
 
 
 def test_adapter_name_errors(backbone: Backbone) -> None:
-    backbone.add_adapter("a", lora_config(4, 8, 0.0, ["query"]))
+    backbone.add_adapter("a", lora_config(LoraSettings(4, 8, 0.0, ["query"])))
     with pytest.raises(ValueError, match="already exists"):
-        backbone.add_adapter("a", lora_config(4, 8, 0.0, ["query"]))
+        backbone.add_adapter("a", lora_config(LoraSettings(4, 8, 0.0, ["query"])))
     with pytest.raises(KeyError, match=r"no adapter 'b'; loaded: \['a'\]"):
         backbone.use("b")
 
@@ -91,7 +92,7 @@ def test_fresh_lora_starts_as_the_base(backbone: Backbone) -> None:
     """peft's default init (B = 0): a new adapter does not change the output before training."""
     batch = _batch(backbone, TEXTS)
     plain = backbone(**batch)
-    backbone.add_adapter("a", lora_config(4, 8, 0.0, ["query", "value"]))
+    backbone.add_adapter("a", lora_config(LoraSettings(4, 8, 0.0, ["query", "value"])))
     backbone.eval()
     assert torch.allclose(backbone(**batch), plain, atol=1e-6)
 

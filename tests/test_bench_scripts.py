@@ -80,3 +80,29 @@ def test_bench_multitask(tmp_path: Path, tiny_encoder: Path) -> None:
         assert 0 <= r["joint"]["metrics"][name]["test"]["accuracy"] <= 1
     assert r["joint"]["steps"] == 2 and r["joint"]["wall_time_s"] > 0  # each task's batch once
     assert sorted(p.name for p in (work / "joint").iterdir()) == ["category", "sentiment"]
+
+
+def test_bench_chat(tmp_path: Path, tiny_encoder: Path) -> None:
+    from ecomnlp.models.tiny import make_tiny_causal_lm
+    from test_support_chat import DIALOGUES, KB, QUESTIONS
+
+    from conftest import write_jsonl
+
+    lm = make_tiny_causal_lm(tmp_path / "lm", context=1024)
+    data = tmp_path / "support"
+    write_jsonl(data / "kb.jsonl", KB)
+    write_jsonl(data / "train.jsonl", DIALOGUES)
+    for split in ("valid", "test"):
+        write_jsonl(data / f"{split}.jsonl", QUESTIONS)
+    report = tmp_path / "bench_chat.json"
+    _run_script("scripts/bench_chat.py", "--model", str(lm), "--encoder", str(tiny_encoder), "--data-dir", str(data),
+                "--max-steps", "2", "--max-new-tokens", "4", "--speed-repeats", "1", "--ablation",
+                "--out", str(tmp_path / "bot"), "--report", str(report), "--lora.layers=null")
+    r = json.loads(report.read_text(encoding="utf-8"))
+    assert (r["answerable"], r["out_of_kb"], r["kb_entries"]) == (2, 2, 4)
+    for run in ("ours", "base", "no_lora"):
+        assert r[run]["questions"] == 2 and 0 <= r[run]["key_fact_rate"] <= 1
+    assert all(reply["sources"] == [] for reply in r["base"]["replies"])  # the baseline retrieves nothing
+    assert all(len(reply["sources"]) == 3 for reply in r["ours"]["replies"])
+    assert 0 <= r["recall"] <= 1 and 0 <= r["handoff_rate"] <= 1 and r["training"]["steps"] == 2
+    assert r["speed"]["stream_tokens_per_s"] > 0 and r["speed"]["generate_tokens_per_s"] > 0
