@@ -6,6 +6,9 @@
     kb.jsonl                                          chat models: the knowledge base they were trained on
     features.json, model.safetensors                  fraud tasks: the feature pipeline and the scorer's weights
                                                       (the adapter only when the task has text fields)
+    item_features.json, catalogue.safetensors,        recommendation / search ranking: the item pipeline, the cached
+    model.safetensors (user_features.json,            item vectors (ids in its metadata), the towers' weights (users'
+    users.safetensors)                                features and histories); the adapter only when one trained
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ HEAD = "head.safetensors"
 FORMAT_VERSION = 1
 CHAT_KIND = "chat"  # card["kind"] of a causal-LM chat model; encoder tasks have no "kind"
 FRAUD_KIND = "fraud"  # card["kind"] of a fraud-detection task (tasks/fraud_detection.py)
+RECO_KIND = "recommendation"  # card["kind"] of a recommender (tasks/recommendation.py)
+SEARCH_KIND = "search_ranking"  # card["kind"] of a search ranker (tasks/search_ranking.py)
 FEATURES = "features.json"
 MODEL_WEIGHTS = "model.safetensors"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -143,6 +148,10 @@ def required_files(card: dict[str, Any]) -> tuple[str, ...]:
         return ADAPTER_FILES
     if kind == FRAUD_KIND:  # a text-free fraud task has no encoder, so no adapter
         return (FEATURES, MODEL_WEIGHTS, *(ADAPTER_FILES if card.get("base_model") else ()))
+    if kind in (RECO_KIND, SEARCH_KIND):  # the adapter only when the item (and query) texts trained one
+        adapter = ADAPTER_FILES if card.get("lora") else ()
+        users = ("user_features.json", "users.safetensors") if kind == RECO_KIND else ()
+        return ("item_features.json", MODEL_WEIGHTS, "catalogue.safetensors", *users, *adapter)
     return (*ADAPTER_FILES, HEAD)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 from .config import (LLAMA_LORA, ChatDataConfig, DataConfig, LoraSettings, RetrievalSettings, TaskSpec,
                      TrainerSettings)
 from .tasks.fraud_settings import FRAUD_TRAINER, Detector, FraudData, Mode, NetworkSettings, ThresholdSettings
+from .tasks.ranking_settings import RECO_TRAINER, SEARCH_TRAINER, RecoData, RecoNetwork, SearchData, SearchNetwork
 
 
 def models_command() -> None:
@@ -383,11 +384,72 @@ def train_fraud_command(
     print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
+def train_reco_command(
+    data: RecoData,
+    out: str,
+    features: dict[str, Any] | None = None,
+    model: str = "minilm-l6",
+    network: RecoNetwork = RecoNetwork(),
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = RECO_TRAINER,
+    pooling: Literal["mean", "cls"] = "mean",
+    k: int = 10,
+) -> None:
+    """Train a recommender on user-item interactions (plus optional user and item files); save ``out``.
+
+    Args:
+        data: interactions, users and items files, column mapping, per-user splits, item cold start, batching.
+        out: task directory to write (card with metrics, feature pipelines, towers, cached item vectors, users).
+        features: {users: <FeaturePipeline spec>, items: <spec>}; the items' templates are their text.
+        model: the shared encoder for the item texts; not loaded without templates.
+        network: towers, history, scorer (dot, mlp, linear), loss (softmax, bce, bpr), negatives.
+        lora: the text adapter's hyper-parameters (network.text: adapter).
+        trainer: optimisation and Lightning settings; early stopping on validation nDCG@k when there is validation.
+        pooling: how token vectors become one text vector.
+        k: the cut-off of the ranking metrics.
+    """
+    from .tasks.recommendation import train_recommendation
+
+    summary = train_recommendation(data, out, features, model, network, lora, trainer, pooling, k)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def train_search_command(
+    data: SearchData,
+    out: str,
+    features: dict[str, Any] | None = None,
+    model: str = "minilm-l6",
+    network: SearchNetwork = SearchNetwork(),
+    lora: LoraSettings = LoraSettings(),
+    trainer: TrainerSettings = SEARCH_TRAINER,
+    pooling: Literal["mean", "cls"] = "mean",
+    k: int = 10,
+) -> None:
+    """Train a search ranker on (query, product, relevance) judgments over a product catalogue; save ``out``.
+
+    Args:
+        data: judgments and catalogue files, column mapping, relevance gains, query splits, batching.
+        out: task directory to write (card with metrics, item pipeline, towers, cached product vectors).
+        features: the products' FeaturePipeline spec; its templates are the product text.
+        model: the shared encoder for queries and product texts.
+        network: towers, scorer (dot, mlp, linear), loss (bce pointwise, bpr pairwise, softmax), negatives.
+        lora: the task's adapter hyper-parameters (network.text: adapter).
+        trainer: optimisation and Lightning settings; early stopping on validation nDCG@k.
+        pooling: how token vectors become one text vector.
+        k: the cut-off of the ranking metrics.
+    """
+    from .tasks.search_ranking import train_search
+
+    summary = train_search(data, out, features, model, network, lora, trainer, pooling, k)
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
 # Named *_command so that jsonargparse, resolving import paths, never touches the lazy
 # `ecomnlp.train` / `ecomnlp.evaluate` attributes (which would import torch).
 COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_command,
             "train-multitask": train_multitask_command, "train-chat": train_chat_command,
-            "train-fraud": train_fraud_command, "chat": chat_command,
+            "train-fraud": train_fraud_command, "train-reco": train_reco_command,
+            "train-search": train_search_command, "chat": chat_command,
             "finetune": finetune_command, "merge": merge_command,
             "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}

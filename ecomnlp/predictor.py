@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, check_base, read_card
+from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, RECO_KIND, SEARCH_KIND, check_base, read_card
 from .backbone import Backbone, Pooling
 from .data import LengthGroupedBatches, collate, tokenize
 from .models import resolve
@@ -17,6 +17,8 @@ from .task import Task, build_task
 if TYPE_CHECKING:
     from .chatbot import SupportBot
     from .tasks.fraud_detection import FraudModel
+    from .tasks.recommendation import RecommendationModel
+    from .tasks.search_ranking import SearchModel
 
 Inputs = str | Sequence[str] | Sequence[Mapping[str, Any]]
 
@@ -152,10 +154,12 @@ def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
     return Backbone(resolve(base)).to(device).eval()
 
 
-def load(path: str | Path, base: str | None = None, device: str = "cpu") -> TaskModel | SupportBot | FraudModel:
+def load(path: str | Path, base: str | None = None, device: str = "cpu"
+         ) -> TaskModel | SupportBot | FraudModel | RecommendationModel | SearchModel:
     """A trained task directory, ready to ``predict``; a chat directory (``train_chat``) gives a
-    ``SupportBot``, a fraud directory (``train_fraud``) a ``FraudModel``. ``base`` overrides where an
-    encoder task's base model is found."""
+    ``SupportBot``, a fraud directory (``train_fraud``) a ``FraudModel``, a recommendation directory
+    (``train_recommendation``) a ``RecommendationModel``, a search-ranking one (``train_search``) a
+    ``SearchModel``. ``base`` overrides where an encoder task's base model is found."""
     card = read_card(path)
     if card.get("kind") == CHAT_KIND:
         from .chatbot import load_chatbot
@@ -165,6 +169,14 @@ def load(path: str | Path, base: str | None = None, device: str = "cpu") -> Task
         from .tasks.fraud_detection import load_fraud
 
         return load_fraud(path, base, device)
+    if card.get("kind") == RECO_KIND:
+        from .tasks.recommendation import load_recommendation
+
+        return load_recommendation(path, base, device)
+    if card.get("kind") == SEARCH_KIND:
+        from .tasks.search_ranking import load_search
+
+        return load_search(path, base, device)
     return attach(backbone_for(path, base, device), path, card["task"])
 
 

