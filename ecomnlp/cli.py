@@ -25,13 +25,24 @@ def models_command() -> None:
         print(f"{row['name']:<24} {row['kind']:<10} {state:<16} {row['description']}")
 
 
+# Tasks with their own model and training command (not text -> label heads on the ``train`` path).
+OWN_COMMAND_TASKS = {
+    "support_chat": ("train-chat", "customer-support chatbot: causal LM + LoRA, grounded on a knowledge base"),
+    "fraud_detection": ("train-fraud", "fraud / anomaly score of records (numeric, categorical, optional text)"),
+    "recommendation": ("train-reco", "(user, item) interaction scores; recommend(user, k) over a catalogue"),
+    "search_ranking": ("train-search", "(query, product) relevance; rank(query, k) over a catalogue"),
+}
+
+
 def tasks_command() -> None:
-    """List the registered tasks."""
+    """List the tasks: registered text tasks (``ecomnlp train``) and those with their own command."""
     from .task import task_class, task_names
 
     for name in task_names():
         doc = (task_class(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<24} {doc}")
+        print(f"{name:<24} {'train':<13} {doc}")
+    for name, (command, doc) in OWN_COMMAND_TASKS.items():
+        print(f"{name:<24} {command:<13} {doc}")
 
 
 def train_command(

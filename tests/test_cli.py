@@ -69,6 +69,10 @@ def test_tasks_command_lists_tasks() -> None:
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     assert {"product_classification", "review_sentiment"} <= set(names)
     assert "category" in out and "star rating" in out  # first line of each task's docstring
+    from ecomnlp.cli import COMMANDS, OWN_COMMAND_TASKS
+
+    assert set(OWN_COMMAND_TASKS) <= set(names)  # with the command that trains each
+    assert {command for command, _ in OWN_COMMAND_TASKS.values()} <= set(COMMANDS)
 
 
 def _print_config(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
