@@ -22,6 +22,19 @@ def write_readme_section(name: str, text: str, readme: Path = ROOT / "README.md"
     os.replace(tmp, readme)
 
 
+def publish(report: dict[str, Any], path: str | Path, section: str, text: str, readme: bool = True) -> None:
+    """Write ``report`` as JSON to ``path`` (atomically), print the table ``text`` and, with ``readme``,
+    put it in the README between the ``section`` markers."""
+    from ecomnlp.artifact import write_json_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report)
+    print(text)
+    if readme:
+        write_readme_section(section, text)
+
+
 def tfidf_accuracy(args: dict[str, Any], train_limit: int | None) -> dict[str, Any]:
     """TF-IDF + LR on the rows a ``train_arguments`` run sees: same loader, same bad-row policy and,
     with ``train_limit``, the same seeded subset that ``data.max_train_examples`` picks."""

@@ -21,7 +21,6 @@ Smoke run: --model <tiny LM> --encoder <tiny encoder> --data-dir <tiny copy> --m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _bench import ROOT, write_readme_section
+from _bench import ROOT, publish
 
 CONFIG = "configs/support_chat.yaml"
 GOALS = {"recall": 0.95, "key_fact": 0.85, "handoff": 0.90}
@@ -178,13 +177,7 @@ def main() -> None:
         "perplexity": training["perplexity"], "training": {**training, "perplexity": None},
         **runs, "speed": speed(bot, answerable[0].text, opts.max_new_tokens, opts.speed_repeats),
     }
-    path = Path(opts.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    text = table(report)
-    print(text)
-    if not opts.no_readme:
-        write_readme_section("bench_chat", text)
+    publish(report, opts.report, "bench_chat", table(report), not opts.no_readme)
 
 
 if __name__ == "__main__":

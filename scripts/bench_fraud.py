@@ -23,7 +23,6 @@ columns> --max-epochs 1 --work <tmp> --report <tmp>.json --no-readme.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -31,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from _bench import ROOT, write_readme_section
+from _bench import ROOT, publish
 
 CONFIG = "configs/fraud_detection.yaml"
 GOALS = {"supervised_auprc": 0.85, "unsupervised_auroc": 0.95}
@@ -197,13 +196,7 @@ def main() -> None:
         "example_alert": example_alert(runs[0]["out"], supervised_args),
         "peak_rss_mb": peak_rss_mb(), "wall_time_s": round(time.perf_counter() - started, 1),
     }
-    path = Path(opts.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    text = table(report)
-    print(text)
-    if not opts.no_readme:
-        write_readme_section("bench_fraud", text)
+    publish(report, opts.report, "bench_fraud", table(report), not opts.no_readme)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ Smoke run: --model <tiny model dir> --data-dir <tiny copy> --train-examples 40 -
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _bench import ROOT, write_readme_section
+from _bench import ROOT, publish
 
 CONFIG = "configs/multitask.yaml"
 GOAL_POINTS = 0.5  # joint accuracy within this many points of single-task, or above
@@ -87,13 +86,7 @@ def main() -> None:
     joint = train_multitask(**args)
     report = {"model": opts.model, "adapters": opts.adapters, "sampler": args["sampler"],
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "single": single, "joint": joint}
-    path = Path(opts.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    text = table(report)
-    print(text)
-    if not opts.no_readme:
-        write_readme_section("bench_multitask", text)
+    publish(report, opts.report, "bench_multitask", table(report), not opts.no_readme)
 
 
 if __name__ == "__main__":

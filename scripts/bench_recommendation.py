@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from _bench import ROOT, write_readme_section
+from _bench import ROOT, publish, write_readme_section
 
 CONFIG = "configs/recommendation.yaml"
 SMALL = ROOT.parent / "shared" / "data" / "movielens_small" / "ratings_with_titles.csv"
@@ -329,13 +329,7 @@ def main() -> None:
               "speed": speed(headline["out"]),
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "peak_rss_mb": peak_rss_mb(), "wall_time_s": round(time.perf_counter() - started, 1)}
-    path = Path(opts.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    text = table(report)
-    print(text)
-    if not opts.no_readme:
-        write_readme_section("bench_recommendation", text)
+    publish(report, opts.report, "bench_recommendation", table(report), not opts.no_readme)
 
 
 if __name__ == "__main__":
