@@ -380,6 +380,13 @@ def finetune(
     return summary
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ecomnlp.training import peak_rss_mb
 from _bench import ROOT, publish
 
 CONFIG = "configs/fraud_detection.yaml"
@@ -40,10 +40,6 @@ UNSUPERVISED = ["--mode", "unsupervised", "--network.hidden", "[64]", "--network
                 "--network.mask", "0.7", "--trainer.max_epochs", "5", "--threshold.rule", "alerts_per_day",
                 "--threshold.target", "100"]
 DETECTORS = {"autoencoder": "denoising autoencoder", "deep_svdd": "Deep SVDD", "ecod": "ECOD, per record (saved)"}
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ecomnlp.training import peak_rss_mb
 from _bench import ROOT, publish, write_readme_section
 
 CONFIG = "configs/recommendation.yaml"
@@ -53,10 +53,6 @@ OURS = [
                                                                       "--network.rerank", "null"],
      "the logistic model alone ranks (a user term plus an item term)"),
 ]
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from ecomnlp.predictor import backbone_for
 from ecomnlp.tabular import (Classifier, FusedEncoder, Inputs, TabularData, TabularModule, TabularSplit, as_frame,
                              baseline_inputs, field_groups, in_chunks, input_columns, occlusion, read_frame, rows_of,
                              score_inputs, seeded_sample, split_frame, text_vectors, tokenize_texts)
-from ecomnlp.training import _fit_module, _version
+from ecomnlp.training import _fit_module, _version, peak_rss_mb
 
 from .fraud_settings import (FRAUD_TRAINER, TASK, Detector, FraudData, Mode, NetworkSettings,  # noqa: F401
                              ThresholdSettings)
@@ -382,7 +381,7 @@ def fit_fraud(
         "features": {"numeric": pipeline.numeric_names, "categorical": pipeline.categorical_names, "texts": texts},
         "steps": sum(f.global_step for f, _ in fits), "epochs": [f.current_epoch for f, _ in fits],
         "best_checkpoint": fits[-1][1] if fits else None, "seed": trainer.seed, "wall_time_s": wall,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "network": dataclasses.asdict(network), "lr": trainer.lr, "max_epochs": trainer.max_epochs,
         "batch_size": data.batch_size,
     }

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from ecomnlp.ranking import (CrossScorer, IndexData, ItemTable, ItemTower, Ranki
                              dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, two_tower_loss,
                              zero_linear)
 from ecomnlp.tabular import FusedEncoder, Inputs, tokenize_texts
-from ecomnlp.training import _fit_module, _version
+from ecomnlp.training import _fit_module, _version, peak_rss_mb
 
 from .ranking_settings import RECO_TRAINER, RECOMMENDATION, RecoData, RecoNetwork  # noqa: F401
 
@@ -705,7 +704,7 @@ def fit_recommendation(
         "trained_items": int(len(trained)), "monitor": monitor, "steps": fit.global_step, "epochs": fit.current_epoch,
         "best_checkpoint": best, "seed": trainer.seed, "split_seed": data.split_seed, "lr": trainer.lr,
         "max_epochs": trainer.max_epochs, "batch_size": data.batch_size, "train_wall_time_s": train_wall,
-        "wall_time_s": wall, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
         "features": {"items": {"numeric": item_pipeline.numeric_names, "categorical": item_pipeline.categorical_names,
                                "texts": texts},
                      "users": {"numeric": user_pipeline.numeric_names, "categorical": user_pipeline.categorical_names}},

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from ecomnlp.predictor import embed
 from ecomnlp.ranking import (CrossScorer, IndexData, ItemTable, ItemTower, RankingModule, ValidatedIndexData,
                              dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, two_tower_loss)
 from ecomnlp.tabular import mlp, tokenize_texts
-from ecomnlp.training import _fit_module, _version
+from ecomnlp.training import _fit_module, _version, peak_rss_mb
 
 from .ranking_settings import SEARCH_RANKING, SEARCH_TRAINER, SearchData, SearchNetwork  # noqa: F401
 
@@ -446,7 +445,7 @@ def fit_search(
         "splits": stats, "catalogue": len(item_index), "monitor": monitor, "steps": fit.global_step,
         "epochs": fit.current_epoch, "best_checkpoint": best, "seed": trainer.seed, "lr": trainer.lr,
         "max_epochs": trainer.max_epochs, "batch_size": data.batch_size, "train_wall_time_s": train_wall,
-        "wall_time_s": wall, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
         "features": {"numeric": pipeline.numeric_names, "categorical": pipeline.categorical_names, "texts": texts},
     }
     card.update(metrics=metrics, k=k, ecomnlp_version=_version(),
