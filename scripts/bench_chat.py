@@ -62,7 +62,11 @@ def answer_all(bot: Any, questions: list[Any], adapter: bool, retrieval: bool, m
 
 
 def speed(bot: Any, question: str, max_new_tokens: int, repeats: int) -> dict[str, Any]:
-    """Median tokens/s of ``bot.stream`` and of ``model.generate`` (KV cache, greedy) on the same prompt."""
+    """Median tokens/s of ``bot.stream`` and of ``model.generate`` (KV cache, greedy) on the same prompt.
+
+    Both decode the same greedy reply (checked), so both rates divide the same token count, ending eos
+    included (each made a forward pass for it), by their own wall time.
+    """
     import torch
 
     messages = [{"role": "user", "content": question}]
@@ -72,22 +76,26 @@ def speed(bot: Any, question: str, max_new_tokens: int, repeats: int) -> dict[st
     ours, plain, first = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
+        with torch.inference_mode():
+            out = bot.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
+        plain_time = time.perf_counter() - started
+        started = time.perf_counter()
         pieces = []
         for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens):
             if not pieces:
                 first.append(time.perf_counter() - started)
             pieces.append(piece)
-        elapsed = time.perf_counter() - started
-        tokens = len(bot.tokenizer("".join(pieces), add_special_tokens=False)["input_ids"])
-        ours.append(tokens / elapsed)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            out = bot.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
-        elapsed = time.perf_counter() - started
-        plain.append((out.shape[1] - len(ids)) / elapsed)
-    return {"prompt_tokens": len(ids), "repeats": repeats, "stream_tokens_per_s": statistics.median(ours),
-            "generate_tokens_per_s": statistics.median(plain), "time_to_first_token_s": statistics.median(first)}
+        ours_time = time.perf_counter() - started
+        reply = bot.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        if reply.strip() != "".join(pieces).strip():
+            raise RuntimeError(f"stream and generate disagree: {''.join(pieces)!r} vs {reply!r}")
+        tokens = out.shape[1] - len(ids)
+        ours.append(tokens / ours_time)
+        plain.append(tokens / plain_time)
+    return {"prompt_tokens": len(ids), "new_tokens": tokens, "repeats": repeats,
+            "stream_tokens_per_s": statistics.median(ours), "generate_tokens_per_s": statistics.median(plain),
+            "time_to_first_token_s": statistics.median(first)}
 
 
 def table(r: dict[str, Any]) -> str:
