@@ -387,6 +387,24 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def record_run(card: dict[str, Any], work_dir: str | Path, fit: L.Trainer, best: str | None,
+               trainer: TrainerSettings, batch_size: int, started: float, train_wall: float,
+               metrics: dict[str, Any], k: int, stats: dict[str, Any], **details: Any) -> dict[str, Any]:
+    """Fill a ranking task's card (its ``training`` section, metrics at ``k``, version, date) and return the
+    run's JSON-able summary. ``stats``: per-split sizes; ``details``: task-specific training facts."""
+    wall = round(time.perf_counter() - started, 1)
+    card["training"] = {
+        "splits": stats, **details, "steps": fit.global_step, "epochs": fit.current_epoch, "best_checkpoint": best,
+        "seed": trainer.seed, "lr": trainer.lr, "max_epochs": trainer.max_epochs, "batch_size": batch_size,
+        "train_wall_time_s": train_wall, "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
+    }
+    card.update(metrics=metrics, k=k, ecomnlp_version=_version(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return {"out": str(work_dir), "metrics": metrics, "steps": fit.global_step, "epochs": fit.current_epoch,
+            "splits": stats, "train_wall_time_s": train_wall, "wall_time_s": wall,
+            "peak_rss_mb": card["training"]["peak_rss_mb"]}
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

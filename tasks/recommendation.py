@@ -42,7 +42,7 @@ from ecomnlp.ranking import (CrossScorer, IndexData, ItemTable, ItemTower, Ranki
                              dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, two_tower_loss,
                              zero_linear)
 from ecomnlp.tabular import FusedEncoder, Inputs, tokenize_texts
-from ecomnlp.training import _fit_module, _version, peak_rss_mb
+from ecomnlp.training import _fit_module, record_run
 
 from .ranking_settings import RECO_TRAINER, RECOMMENDATION, RecoData, RecoNetwork  # noqa: F401
 
@@ -696,24 +696,15 @@ def fit_recommendation(
             cold_test = frames["test"][frames["test"][ITEM].isin(splits.cold)]
             metrics["test_cold_items"] = recommender.evaluate(cold_test, k)
             metrics["test_cold_items_among_cold"] = recommender.evaluate(cold_test, k, candidates=sorted(splits.cold))
-    wall = round(time.perf_counter() - started, 1)
     stats = {name: {"interactions": len(f), "users": int(f[USER].nunique()), "items": int(f[ITEM].nunique()),
                     "source": splits.where.get(name)} for name, f in frames.items()}
-    card["training"] = {
-        "splits": stats, "catalogue": n_items, "users": n_users, "cold_items": len(splits.cold),
-        "trained_items": int(len(trained)), "monitor": monitor, "steps": fit.global_step, "epochs": fit.current_epoch,
-        "best_checkpoint": best, "seed": trainer.seed, "split_seed": data.split_seed, "lr": trainer.lr,
-        "max_epochs": trainer.max_epochs, "batch_size": data.batch_size, "train_wall_time_s": train_wall,
-        "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
-        "features": {"items": {"numeric": item_pipeline.numeric_names, "categorical": item_pipeline.categorical_names,
-                               "texts": texts},
-                     "users": {"numeric": user_pipeline.numeric_names, "categorical": user_pipeline.categorical_names}},
-    }
-    card.update(metrics=metrics, k=k, ecomnlp_version=_version(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    summary = {"out": str(work_dir), "metrics": metrics, "steps": fit.global_step, "epochs": fit.current_epoch,
-               "splits": stats, "train_wall_time_s": train_wall, "wall_time_s": wall,
-               "peak_rss_mb": card["training"]["peak_rss_mb"]}
+    summary = record_run(
+        card, work_dir, fit, best, trainer, data.batch_size, started, train_wall, metrics, k, stats,
+        catalogue=n_items, users=n_users, cold_items=len(splits.cold), trained_items=int(len(trained)),
+        monitor=monitor, split_seed=data.split_seed,
+        features={"items": {"numeric": item_pipeline.numeric_names, "categorical": item_pipeline.categorical_names,
+                            "texts": texts},
+                  "users": {"numeric": user_pipeline.numeric_names, "categorical": user_pipeline.categorical_names}})
     return recommender, summary
 
 

@@ -38,7 +38,7 @@ from ecomnlp.predictor import embed
 from ecomnlp.ranking import (CrossScorer, IndexData, ItemTable, ItemTower, RankingModule, ValidatedIndexData,
                              dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, two_tower_loss)
 from ecomnlp.tabular import mlp, tokenize_texts
-from ecomnlp.training import _fit_module, _version, peak_rss_mb
+from ecomnlp.training import _fit_module, record_run
 
 from .ranking_settings import SEARCH_RANKING, SEARCH_TRAINER, SearchData, SearchNetwork  # noqa: F401
 
@@ -440,19 +440,10 @@ def fit_search(
     stats = {name: {"judgments": len(f), "queries": int(f["query"].nunique()),
                     "relevant": int((f["gain"] >= data.min_gain).sum()), "source": where[name]}
              for name, f in frames.items()}
-    wall = round(time.perf_counter() - started, 1)
-    card["training"] = {
-        "splits": stats, "catalogue": len(item_index), "monitor": monitor, "steps": fit.global_step,
-        "epochs": fit.current_epoch, "best_checkpoint": best, "seed": trainer.seed, "lr": trainer.lr,
-        "max_epochs": trainer.max_epochs, "batch_size": data.batch_size, "train_wall_time_s": train_wall,
-        "wall_time_s": wall, "peak_rss_mb": peak_rss_mb(),
-        "features": {"numeric": pipeline.numeric_names, "categorical": pipeline.categorical_names, "texts": texts},
-    }
-    card.update(metrics=metrics, k=k, ecomnlp_version=_version(),
-                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    summary = {"out": str(work_dir), "metrics": metrics, "steps": fit.global_step, "epochs": fit.current_epoch,
-               "splits": stats, "train_wall_time_s": train_wall, "wall_time_s": wall,
-               "peak_rss_mb": card["training"]["peak_rss_mb"]}
+    summary = record_run(
+        card, work_dir, fit, best, trainer, data.batch_size, started, train_wall, metrics, k, stats,
+        catalogue=len(item_index), monitor=monitor,
+        features={"numeric": pipeline.numeric_names, "categorical": pipeline.categorical_names, "texts": texts})
     return ranker, summary
 
 
