@@ -206,13 +206,6 @@ def question_pairs(dialogues: Sequence[Dialogue]) -> list[tuple[str, str]]:
     return pairs
 
 
-def write_kb(kb: KnowledgeBase, path: Path) -> None:
-    import json
-
-    path.write_text("".join(json.dumps({"id": e.id, "title": e.title, "text": e.text, "key": e.key},
-                                       ensure_ascii=False) + "\n" for e in kb.entries), encoding="utf-8")
-
-
 def train_chat(
     data: ChatDataConfig,
     out: str,
@@ -225,7 +218,8 @@ def train_chat(
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter of ``model`` on grounded support dialogues; save the chat directory ``out``.
 
-    First, unless ``retrieval.epochs`` is 0, a retrieval adapter of the encoder learns to map the
+    With ``retrieval.example_questions`` the training dialogues' questions join the knowledge-base entries
+    they were answered from, as more ways to retrieve them. Then, unless ``retrieval.epochs`` is 0, a retrieval adapter of the encoder learns to map the
     training questions to their entries (validated on the answerable ``data.questions``). Then the
     causal LM's adapter learns the replies, each grounded on the passages that retriever finds.
     The directory holds the LM adapter (peft format), the retrieval adapter (``retrieval/``),
@@ -241,12 +235,6 @@ def train_chat(
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     task = support_task(store)
-    kb = KnowledgeBase.load(data.kb)
-    encoder_dir = resolve(encoder)
-    retriever = Retriever(kb, encoder, backbone=Backbone(encoder_dir))
-    lm, tokenizer, base_dir = load_causal_lm(model)
-    max_length = min(data.max_length, context_window(lm))
-
     train_dialogues = load_dialogues(data.train)
     if data.valid:
         valid_dialogues = load_dialogues(data.valid)
@@ -256,6 +244,13 @@ def train_chat(
         cut = max(1, round(len(order) * data.valid_fraction))
         valid_dialogues = [train_dialogues[i] for i in sorted(order[:cut])]
         train_dialogues = [train_dialogues[i] for i in sorted(order[cut:])]
+    kb = KnowledgeBase.load(data.kb)
+    if retrieval.example_questions:
+        kb = kb.with_questions(question_pairs(train_dialogues), str(data.train))
+    encoder_dir = resolve(encoder)
+    retriever = Retriever(kb, encoder, backbone=Backbone(encoder_dir))
+    lm, tokenizer, base_dir = load_causal_lm(model)
+    max_length = min(data.max_length, context_window(lm))
     adapter_report: dict[str, Any] = {}
     if retrieval.epochs > 0:
         held_out = ([(q.text, q.kb) for q in load_questions(data.questions) if q.kb is not None] if data.questions
@@ -305,7 +300,7 @@ def train_chat(
         peft_model.save_pretrained(tmp)
         if retriever.adapter:
             retriever.backbone.save_adapter(retriever.adapter, tmp / RETRIEVAL_DIR)
-        write_kb(kb, tmp / KB_FILE)
+        (tmp / KB_FILE).write_text(kb.to_jsonl(), encoding="utf-8")
         write_card(tmp, card)
     return summary
 

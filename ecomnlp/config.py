@@ -104,9 +104,12 @@ LLAMA_LORA = LoraSettings(r=16, alpha=32, dropout=0.05,
 
 @dataclass
 class RetrievalSettings:
-    """The support bot's retrieval adapter on the shared encoder, trained contrastively on the training
-    dialogues' questions (InfoNCE over all entries, ``temperature``); 0 ``epochs``: the base encoder alone."""
+    """How the support bot retrieves. ``example_questions``: the training dialogues' questions join the
+    knowledge-base entries they were answered from (an entry then scores by its passage and its best
+    question). The retrieval adapter on the shared encoder is trained contrastively on those questions
+    (InfoNCE over all entries, ``temperature``); 0 ``epochs``: the base encoder alone."""
 
+    example_questions: bool = True
     epochs: int = 8
     lr: float = 5e-4
     batch_size: int = 32

@@ -3,19 +3,23 @@
 A knowledge base is read from a ``.jsonl`` file, a ``.md`` file, or a folder of both (non-recursive,
 files in name order):
 
-- JSONL: one ``{"id": ..., "title": ..., "text": ..., "key": ...}`` object per non-blank line; ``key``
-  (the phrase a correct answer must state) is optional, other fields are ignored.
+- JSONL: one ``{"id": ..., "title": ..., "text": ..., "key": ..., "questions": [...]}`` object per
+  non-blank line; ``key`` (the phrase a correct answer must state) and ``questions`` (customer questions
+  the entry answers) are optional, other fields are ignored.
 - Markdown: one entry per ``## Title {#id}`` section (without ``{#id}`` the id is the title's slug);
-  a body line ``Key: ...`` sets the key; the rest of the body is the text. Text before the first
-  ``##`` heading is ignored; ``###`` and deeper headings are body text.
+  a body line ``Key: ...`` sets the key, each ``Question: ...`` line adds a question; the rest of the
+  body is the text. Text before the first ``##`` heading is ignored; ``###`` and deeper headings are
+  body text.
 
-``Retriever`` embeds each entry with the base encoder (no adapter), caches the vectors on disk and
-ranks entries by cosine similarity to a question; ``choose_threshold`` picks the score under which
-a question is handed off to a person.
+``Retriever`` embeds each entry and its questions with the base encoder (no adapter), caches the
+vectors on disk and ranks entries by cosine similarity to a question: to the passage, averaged with
+the best of the entry's questions where it has some; ``choose_threshold`` picks the score under
+which a question is handed off to a person.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,18 +47,20 @@ E5 = "e5-small-multilingual"  # trained with "query: " / "passage: " prefixes
 SUFFIXES = (".jsonl", ".md")
 # "## Title" or "## Title {#id}"; "##Title" is not a heading (CommonMark), "###" is a deeper one
 _HEADING = re.compile(r"^##(?:[ \t]+(?P<title>.*?))?(?:[ \t]*\{#(?P<id>[^}]*)\})?[ \t]*$")
-_KEY_LINE = re.compile(r"^key[ \t]*:(?P<key>.*)$", re.IGNORECASE)
+_FIELD_LINE = re.compile(r"^(?P<field>key|question)[ \t]*:(?P<value>.*)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One knowledge-base entry; ``source`` is where it was read ("file, line N")."""
+    """One knowledge-base entry; ``source`` is where it was read ("file, line N"); ``questions``: customer
+    questions it answers (e.g. from past dialogues), extra ways for a question to find it."""
 
     id: str
     title: str
     text: str
     key: str | None
     source: str
+    questions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,9 +124,28 @@ class KnowledgeBase:
         return iter(self.entries)
 
     def fingerprint(self) -> str:
-        """sha256 of every entry's id, title, text and key, in id order (files and line numbers do not count)."""
-        content = [[e.id, e.title, e.text, e.key] for e in sorted(self.entries, key=lambda e: e.id)]
+        """sha256 of every entry's id, title, text, key and questions, in id order (files and line numbers
+        do not count)."""
+        content = [[e.id, e.title, e.text, e.key, list(e.questions)] for e in sorted(self.entries, key=lambda e: e.id)]
         return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
+
+    def with_questions(self, pairs: Sequence[tuple[str, str]], origin: str = "questions") -> KnowledgeBase:
+        """A copy whose entries also hold the (question, entry id) ``pairs``' questions (each once, in order).
+        Raises DataError for an id not in the knowledge base."""
+        added: dict[str, list[str]] = {}
+        for question, id in pairs:
+            if id not in self:
+                raise DataError(f"{origin}: unknown knowledge-base entry '{id}'")
+            added.setdefault(id, []).append(question.strip())
+        entries = [dataclasses.replace(e, questions=tuple(dict.fromkeys([*e.questions, *added.get(e.id, [])])))
+                   for e in self.entries]
+        return KnowledgeBase(entries, origin)
+
+    def to_jsonl(self) -> str:
+        """The entries as JSONL, in order (``KnowledgeBase.load`` reads it back)."""
+        return "".join(json.dumps({"id": e.id, "title": e.title, "text": e.text, "key": e.key,
+                                   **({"questions": list(e.questions)} if e.questions else {})},
+                                  ensure_ascii=False) + "\n" for e in self.entries)
 
 
 def _text_field(record: dict[str, Any], name: str, where: str) -> str:
@@ -155,8 +180,17 @@ def _read_jsonl(path: Path) -> list[Entry]:
             id = _check_id(_text_field(record, "id", where), where)
             title, text = _text_field(record, "title", where), _text_field(record, "text", where)
             key = None if record.get("key") is None else _text_field(record, "key", where)
-            entries.append(Entry(id, title, text, key, where))
+            entries.append(Entry(id, title, text, key, where, _questions(record.get("questions"), where)))
     return entries
+
+
+def _questions(value: Any, where: str) -> tuple[str, ...]:
+    """The optional ``questions`` field: a list of non-empty strings, stripped."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(q, str) and q.strip() for q in value):
+        raise DataError(f"{where}: field 'questions' must be a list of non-empty strings, got {value!r}")
+    return tuple(q.strip() for q in value)
 
 
 def slug(title: str) -> str:
@@ -188,22 +222,26 @@ def _markdown_entry(path: Path, number: int, heading: re.Match[str], body: list[
         if not id:
             raise DataError(f"{where}: field 'id': title '{title}' has no ASCII letters or digits to make an id "
                             "from; write the heading as '## Title {#some-id}'")
-    key, key_line, text = None, 0, []
+    key, key_line, text, questions = None, 0, [], []
     for line_number, line in body:
-        match = _KEY_LINE.match(line.strip())
+        match = _FIELD_LINE.match(line.strip())
         if match is None:
             text.append(line)
+            continue
+        field, value = match["field"].lower(), match["value"].strip()
+        if not value:
+            raise DataError(f"{path}, line {line_number}: field '{field}' is empty in section '{title}'")
+        if field == "question":
+            questions.append(value)
             continue
         if key is not None:
             raise DataError(f"{path}, line {line_number}: field 'key' given twice in section '{title}' "
                             f"(first on line {key_line})")
-        key, key_line = match["key"].strip(), line_number
-        if not key:
-            raise DataError(f"{path}, line {line_number}: field 'key' is empty in section '{title}'")
+        key, key_line = value, line_number
     body_text = "\n".join(text).strip()
     if not body_text:
         raise DataError(f"{where}: field 'text' is empty: section '{title}' has no body")
-    return Entry(id, title, body_text, key, where)
+    return Entry(id, title, body_text, key, where, tuple(questions))
 
 
 class Retriever:
@@ -256,22 +294,39 @@ class Retriever:
                     "pooling": pooling, "max_length": self.max_length}
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         self.cache_path = Path(cache if cache is not None else cache_dir() / "kb") / f"{key}.safetensors"
+        # row j of question_vectors is a question of entry question_owner[j]
+        self.question_owner = torch.tensor([i for i, e in enumerate(self.entries) for _ in e.questions], dtype=torch.long)
         self.from_cache = self.cache_path.exists()
         if self.from_cache:
-            self.vectors = load_file(str(self.cache_path))["vectors"]
+            cached = load_file(str(self.cache_path))
+            self.vectors, self.question_vectors = cached["vectors"], cached["question_vectors"]
             log.info("knowledge base vectors loaded from %s", self.cache_path)
         else:
-            log.info("embedding %d knowledge-base entries with %s", len(self.entries), self.backbone.base_dir)
+            log.info("embedding %d knowledge-base entries and %d questions with %s", len(self.entries),
+                     len(self.question_owner), self.backbone.base_dir)
             self.vectors = self._embed([f"{self.passage_prefix}{e.title}\n{e.text}" for e in self.entries], None)
-            _save_vectors(self.cache_path, self.vectors, {"ids": json.dumps([e.id for e in self.entries]),
-                                                          **{k: str(v) for k, v in settings.items()}})
+            self.question_vectors = self._embed([self.query_prefix + q for e in self.entries for q in e.questions], None)
+            _save_vectors(self.cache_path, {"vectors": self.vectors, "question_vectors": self.question_vectors},
+                          {"ids": json.dumps([e.id for e in self.entries]), **{k: str(v) for k, v in settings.items()}})
 
     def _embed(self, texts: list[str], adapter: str | None) -> torch.Tensor:
         """L2-normalised encoder vectors of ``texts`` (through ``adapter``, or the base alone), in order."""
         from .predictor import embed
 
+        if not texts:
+            return torch.zeros(0, self.backbone.hidden_size)
         ids = tokenize(self.backbone.tokenizer, [texts], self.max_length)
         return torch.nn.functional.normalize(embed(self.backbone, adapter, ids, self.batch_size, self.pooling), dim=-1)
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Similarity of each query vector (a row) to each entry (a column, in ``entries`` order): cosine to
+        the passage, averaged with the best cosine to the entry's questions where it has some."""
+        passage = queries @ self.vectors.T
+        if not len(self.question_owner):
+            return passage
+        owner = self.question_owner.expand(len(queries), -1)
+        best = torch.full_like(passage, -math.inf).scatter_reduce(1, owner, queries @ self.question_vectors.T, "amax")
+        return torch.where(best.isfinite(), (passage + best) / 2, passage)
 
     def search(self, query: str, k: int = 3) -> list[Hit]:
         """The ``k`` entries most similar to ``query``, best first."""
@@ -283,21 +338,21 @@ class Retriever:
             raise ValueError(f"k must be at least 1, got {k}")
         if not queries:
             return []
-        scores = self._embed([self.query_prefix + q for q in queries], self.adapter) @ self.vectors.T
+        scores = self.scores(self._embed([self.query_prefix + q for q in queries], self.adapter))
         top = scores.topk(min(k, len(self.entries)), dim=1)
         return [[Hit(self.entries[i], s) for s, i in zip(values, indices)]
                 for values, indices in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def _save_vectors(path: Path, vectors: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write ``vectors`` as safetensors next to ``path`` and rename it into place."""
+def _save_vectors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` as safetensors next to ``path`` and rename it into place."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     os.close(fd)
     try:
-        save_file({"vectors": vectors.contiguous()}, tmp, metadata=metadata)
+        save_file({name: t.contiguous() for name, t in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are private
         os.replace(tmp, path)
     except BaseException:

@@ -27,7 +27,9 @@ Free above 50 EUR.
 
 ## Café hours
 key:  9 to 5
+Question: When are you open?
 Open every day.
+question:  Are you open on Sunday?
 """
 
 # Texts the tiny tokenizer knows (it is trained on ecomnlp.models.tiny.SAMPLE_TEXTS), so no two are all [UNK].
@@ -72,6 +74,8 @@ def test_markdown_sections_keys_and_default_ids(tmp_path: Path) -> None:
     assert returns.text == "Unworn items can be returned.\nWe refund within 30 days of delivery."
     assert kb["shipping-to-the-eu"].text == "### Costs\nFree above 50 EUR." and kb["shipping-to-the-eu"].key is None
     assert kb["cafe-hours"].key == "9 to 5" and kb["cafe-hours"].text == "Open every day."
+    assert kb["cafe-hours"].questions == ("When are you open?", "Are you open on Sunday?")
+    assert returns.questions == ()
     assert slug("  Return window (EU) — 2024 ") == "return-window-eu-2024"
 
 
@@ -93,6 +97,22 @@ def test_fingerprint_follows_content_not_files(tmp_path: Path) -> None:
     assert KnowledgeBase.load(split).fingerprint() == one.fingerprint()
     changed = [{**SMALL_KB[0], "text": "great coffee"}] + SMALL_KB[1:]
     assert KnowledgeBase.load(write_jsonl(tmp_path / "two.jsonl", changed)).fingerprint() != one.fingerprint()
+    assert one.with_questions([("fast shipping?", "coffee")]).fingerprint() != one.fingerprint()
+
+
+def test_questions_join_their_entries_and_round_trip_through_jsonl(tmp_path: Path) -> None:
+    kb = KnowledgeBase.load(write_jsonl(tmp_path / "kb.jsonl", [{**SMALL_KB[0], "questions": ["Is it good?"]},
+                                                                  *SMALL_KB[1:]]))
+    more = kb.with_questions([(" Is the coffee fresh? ", "coffee"), ("Is it good?", "coffee"),
+                              ("Where is my refund?", "refund")])
+    assert more["coffee"].questions == ("Is it good?", "Is the coffee fresh?")  # each once, in order
+    assert more["refund"].questions == ("Where is my refund?",) and more["hotel"].questions == ()
+    assert kb["coffee"].questions == ("Is it good?",)  # the original is unchanged
+    again = KnowledgeBase.load(_write(tmp_path / "saved.jsonl", more.to_jsonl()))
+    assert [(e.id, e.title, e.text, e.key, e.questions) for e in again] == [
+        (e.id, e.title, e.text, e.key, e.questions) for e in more]
+    with pytest.raises(DataError, match="dialogues.jsonl: unknown knowledge-base entry 'nope'"):
+        kb.with_questions([("Why?", "nope")], "dialogues.jsonl")
 
 
 GOOD = '{"id": "a", "title": "A", "text": "text a"}'
@@ -105,6 +125,10 @@ BAD_JSONL = [
     ('{"id": 7, "title": "A", "text": "t"}\n', 1, "field 'id' must be a non-empty string"),
     ('{"id": "returns window", "title": "A", "text": "t"}\n', 1, "field 'id': 'returns window' is not a valid id"),
     ('{"id": "a", "title": "A", "text": "t", "key": ""}\n', 1, "field 'key' must be a non-empty string"),
+    (GOOD + '\n{"id": "b", "title": "B", "text": "t", "questions": "Why?"}\n', 2,
+     "field 'questions' must be a list of non-empty strings"),
+    ('{"id": "a", "title": "A", "text": "t", "questions": ["Why?", " "]}\n', 1,
+     "field 'questions' must be a list of non-empty strings"),
 ]
 
 
@@ -122,6 +146,7 @@ BAD_MARKDOWN = [
     ("## Fine\ntext\n\n## 退货政策\n七天无理由\n", 4, "field 'id': title '退货政策' has no ASCII letters"),
     ("## Returns\nKey: 30 days\n\n## Next\ntext\n", 1, "field 'text' is empty"),
     ("## Returns\ntext\nKey:\n", 3, "field 'key' is empty"),
+    ("## Returns\ntext\nQuestion:  \n", 3, "field 'question' is empty"),
     ("## Returns\nKey: 30 days\ntext\nKey: 14 days\n", 4,
      "field 'key' given twice in section 'Returns' (first on line 2)"),
 ]
@@ -217,6 +242,35 @@ def test_passage_vectors_are_cached_and_reused(small_kb: KnowledgeBase, tiny_enc
     prefixed = Retriever(small_kb, backbone=first.backbone, passage_prefix="passage: ", cache=cache)
     assert not prefixed.from_cache and prefixed.cache_path not in (first.cache_path, other.cache_path)
     assert len(list(cache.iterdir())) == 3
+
+
+def test_entry_score_averages_passage_and_best_question(small_kb: KnowledgeBase, tiny_encoder: Path,
+                                                      tmp_path: Path) -> None:
+    """An entry with questions scores (cosine to its passage + best cosine to its questions) / 2; one without
+    scores by its passage alone; the question vectors are cached with the passages."""
+    kb = small_kb.with_questions([("fast shipping", "coffee"), ("the blender broke", "coffee"),
+                                  ("refund", "refund")])
+    retriever = Retriever(kb, tiny_encoder, cache=tmp_path / "cache")
+    assert retriever.question_vectors.shape == (3, retriever.vectors.shape[1])
+    queries = ["the blender broke after a week", "refund took too long", "手机电池"]
+    q = retriever._embed(queries, None)
+    passage, question = q @ retriever.vectors.T, q @ retriever.question_vectors.T
+    expected = passage.clone()
+    ids = [e.id for e in retriever.entries]  # the columns: entries in id order
+    coffee, refund = ids.index("coffee"), ids.index("refund")
+    expected[:, coffee] = (passage[:, coffee] + question[:, :2].max(dim=1).values) / 2
+    expected[:, refund] = (passage[:, refund] + question[:, 2]) / 2
+    assert torch.allclose(retriever.scores(q), expected, atol=1e-6)
+    hits = retriever.search_many(queries, k=len(kb))
+    for row, query_hits in enumerate(hits):
+        assert {h.entry.id: h.score for h in query_hits} == pytest.approx(
+            {ids[i]: float(expected[row, i]) for i in range(len(kb))}, abs=1e-5)
+
+    again = Retriever(kb, backbone=retriever.backbone, cache=tmp_path / "cache")
+    assert again.from_cache and torch.equal(again.question_vectors, retriever.question_vectors)
+    plain = Retriever(small_kb, backbone=retriever.backbone, cache=tmp_path / "cache")
+    assert plain.cache_path != retriever.cache_path and plain.question_vectors.shape[0] == 0
+    assert torch.allclose(plain.scores(q), passage, atol=1e-6)
 
 
 def test_other_encoder_gets_its_own_cache(small_kb: KnowledgeBase, tiny_encoder: Path, other_tiny_encoder: Path,

@@ -111,6 +111,11 @@ def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict],
     assert ppl["after"] < ppl["before"]  # 2 epochs at a high learning rate fit the replies
     bot = ecomnlp.load(out)
     assert isinstance(bot, SupportBot)
+    # the training dialogues' questions were saved with the entries that answered them, for retrieval
+    assert {(q, e.id) for e in bot.retriever.kb for q in e.questions} == {
+        ("can I return a lamp?", "returns"), ("when does my order ship?", "shipping"), ("where is my refund?", "refunds"),
+        ("and returns?", "returns"), ("可以退货吗", "tuihuo")}
+    assert bot.retriever.question_vectors.shape[0] == 5
     example = card["example"]
     assert example["content"] and not example["handoff"]  # a generated reply, not the fixed hand-off text
     reply = bot.chat([{"role": "user", "content": example["question"]}])
