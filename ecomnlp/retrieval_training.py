@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
 import torch
 from torch.nn import functional as F
 
@@ -59,6 +60,7 @@ def train_retrieval_adapter(retriever: Retriever, train: Sequence[tuple[str, str
     """Add and train the adapter ``"retrieval"`` on ``retriever``'s backbone from (question, entry id)
     pairs (``trainer`` gives the device and step cap; ``settings`` the rest); checkpoints and logs go
     to ``work_dir``. Returns recall@``k`` on ``valid`` with the base encoder, and the training size."""
+    L.seed_everything(trainer.seed, workers=True)  # the adapter's initial weights do not depend on what ran before
     backbone = retriever.backbone
     index = {entry.id: i for i, entry in enumerate(retriever.entries)}
     pad = backbone.tokenizer.pad_token_id
