@@ -1,5 +1,6 @@
 """A trained support chat model: replies grounded on retrieved knowledge-base passages, a hand-off to a
-human when nothing relevant is retrieved, token streaming, and customer text logged with PII masked.
+human when nothing relevant is retrieved, token streaming, and customer text logged with PII masked;
+``evaluate_bot`` measures one on held-out questions.
 
     bot = ecomnlp.load("runs/support")
     bot.chat([{"role": "user", "content": "How long do I have to return a lamp?"}])
@@ -9,19 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .artifact import check_base, read_card
-from .chat_data import Message
+from .chat_data import Message, Question
 from .chat_training import KB_FILE, RETRIEVAL_DIR, context_window, grounded, load_causal_lm, support_task
+from .data import DataError
 from .generation import GenerationSettings, prompt_ids, stream
 from .knowledge import Hit, KnowledgeBase, Retriever
 from .pii import mask_pii
+from .retrieval_training import recall
 
 log = logging.getLogger(__name__)
+_DASHES = re.compile(r"[\u2010-\u2015\u2212]")
 
 
 @dataclass
@@ -88,6 +93,52 @@ class SupportBot:
         top = grounding.hits[0].score if grounding.hits else None
         return {"role": "assistant", "content": content, "sources": grounding.sources, "handoff": grounding.handoff,
                 "score": top}
+
+
+def _fact_text(text: str) -> str:
+    """``text`` case-folded, with every dash as "-" and each run of white space as one space."""
+    return " ".join(_DASHES.sub("-", text).casefold().split())
+
+
+def states(reply: str, key: str) -> bool:
+    """Whether ``reply`` states the key fact ``key`` (a knowledge-base entry's ``key``), case, dash style and
+    spacing aside."""
+    return _fact_text(key) in _fact_text(reply)
+
+
+def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 48,
+                 replies: int | None = None) -> dict[str, Any]:
+    """The bot on held-out questions (``chat_data.load_questions``), as it is switched (``use_adapter``):
+
+    ``recall@k``: answerable questions whose entry is among the ``top_k`` retrieved; ``handoff_rate``: out-of-KB
+    questions handed to a human; ``false_handoff_rate``: answerable ones handed off; ``key_fact_rate``: answerable
+    questions (the first ``replies`` whose entry has a key; all by default) whose greedy reply ``states`` the
+    entry's key. Those replies are generated even where the bot would hand off, so the rate measures the replies
+    alone (as scripts/bench_chat.py does). A rate with no question to count is None.
+    """
+    for q in questions:
+        if q.kb is not None and q.kb not in bot.retriever.kb:
+            raise DataError(f"{q.where}: field 'kb': unknown knowledge-base entry '{q.kb}'")
+    answerable = [q for q in questions if q.kb is not None]
+    out_of_kb = [q for q in questions if q.kb is None]
+
+    def handoff_rate(group: list[Question]) -> float | None:
+        handed = [bot.ground([{"role": "user", "content": q.text}]).handoff for q in group]
+        return sum(handed) / len(handed) if handed else None
+
+    report: dict[str, Any] = {
+        "questions": len(answerable), "out_of_kb": len(out_of_kb),
+        f"recall@{bot.top_k}": recall(bot.retriever, [(q.text, q.kb) for q in answerable], bot.top_k)
+        if answerable else None,
+        "handoff_rate": handoff_rate(out_of_kb), "false_handoff_rate": handoff_rate(answerable)}
+    keyed = [q for q in answerable if bot.retriever.kb[q.kb].key is not None][:replies]
+    threshold, bot.threshold = bot.threshold, None  # every reply generated; hand-off is measured above
+    try:
+        stated = [states(bot.chat([{"role": "user", "content": q.text}], max_new_tokens=max_new_tokens)["content"],
+                         bot.retriever.kb[q.kb].key) for q in keyed]
+    finally:
+        bot.threshold = threshold
+    return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
 
 
 def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "cpu") -> SupportBot:

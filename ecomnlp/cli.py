@@ -239,15 +239,15 @@ def evaluate_command(model: str | None = None, data: str | None = None, out: str
         columns: task field -> file column; defaults to the mapping used in training.
         on_bad_row: skip rows with empty text or label (counted in the log), or fail.
         batch_size: rows per forward pass.
-        suite: a suite YAML (tasks, test files, baseline); writes report.md, report.json, index.html.
+        suite: a suite YAML (tasks of any kind: text classification, fraud, recommendation, chat; their
+            test data; baseline); writes report.md, report.json, index.html.
     """
     if suite:
-        from .report import evaluate_suite
+        from .report import evaluate_suite, table_rows
 
         report = evaluate_suite(suite)
         for entry in report["tasks"]:
-            scalars = {k: v for k, v in entry["ours"].items() if isinstance(v, (int, float))}
-            print(entry["name"], json.dumps(scalars), "baseline accuracy:", entry["baseline"].get("accuracy", "—"))
+            print(f"{entry['name']}:", ", ".join(f"{k} {a} (baseline {b})" for k, a, b in table_rows(entry)))
         print(f"report: {Path(report['out']) / 'index.html'}")
         return
     if not (model and data and out):

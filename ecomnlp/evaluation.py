@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 
@@ -67,6 +67,44 @@ def plot_confusion(matrix: torch.Tensor, labels: list[str], path: Path) -> Path:
             ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                     color="white" if value > peak / 2 else "black")
     ax.set_title("confusion matrix" + ("" if font else " (labels by index, see metrics.json)"))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_lines(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, xlabel: str, ylabel: str,
+               title: str, style: Literal["line", "steps", "points"] = "line", diagonal: bool = False) -> Path:
+    """Curves of values in [0, 1] (``{label: (x, y)}``; a legend when there are several) as a PNG written
+    atomically. ``style``: ``steps`` holds each value until the next x (a precision-recall curve); ``points``
+    marks each point and puts the x ticks there (a metric at a few K). ``diagonal``: the dashed line y = x
+    (chance, on a ROC curve)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.0), dpi=110)
+    for label, (x, y) in lines.items():
+        ax.plot(x, y, label=label, marker="o" if style == "points" else None,
+                drawstyle="steps-post" if style == "steps" else "default")
+        if style == "points":
+            ax.set_xticks(list(x))
+    if diagonal:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_bars(values: Mapping[str, float | None], path: Path, title: str) -> Path:
+    """Rates in [0, 1] as labelled bars (None: no bar, marked "n/a"), as a PNG written atomically."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 4.0), dpi=110)
+    names = list(values)
+    heights = [values[n] or 0.0 for n in names]
+    ax.bar(range(len(names)), heights, color="tab:blue")
+    for i, n in enumerate(names):
+        ax.text(i, heights[i] + 0.02, "n/a" if values[n] is None else f"{values[n]:.2f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set(title=title, ylim=(0, 1.1))
     fig.tight_layout()
     return save_figure(fig, path)
 

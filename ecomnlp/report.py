@@ -1,13 +1,32 @@
 """One report over a suite of trained tasks: Markdown, JSON and a static HTML page with each
-task's figures and, beside them, the same figures for a classical baseline.
+task's metrics table and figures and, beside them, the same for a classical baseline.
 
 A suite is a YAML file::
 
     out: reports/suite
-    baseline: tfidf          # TF-IDF + LR fitted on each task's training file, or: none
+    baseline: classical      # each task's classical baseline (below), or: none
     tasks:
       - {name: sentiment-zh, model: runs/sentiment-zh, data: ../shared/data/online_shopping_10_cats/test.csv}
       - {name: category-zh, model: runs/category-zh, data: ..., columns: {text: review, label: cat}}
+      - {name: fraud, model: runs/fraud, data: test.csv}
+      - {name: reco, model: runs/reco, data: {interactions: ml-100k.inter, test_fraction: 0.25}}
+      - {name: support, model: runs/support, data: questions.jsonl, limit: 40}
+
+Each entry is evaluated as its model's kind says (``report_sections``):
+
+- text classification: accuracy, F1, confusion matrices and occlusion explanations on a labelled file
+  (``columns`` as in ``ecomnlp evaluate``); baseline TF-IDF + logistic regression fitted on the task's training file.
+- fraud: AUROC, AUPRC, recall at precision 0.9, precision of the top-k alerts, the confusion at the saved
+  threshold, PR and ROC curves, and the fields behind the highest-scored records, on a labelled file (the card's
+  label column) or the test split of the task's data settings; baseline logistic regression (supervised) or PyOD
+  IsolationForest on the task's numeric features, fitted on the training records.
+- recommendation: nDCG, hit rate, precision and recall at K = 1, 5, 10, 20 and the nDCG@K curve, on a file of
+  held-out interactions or the test split of the task's data settings; baseline the most popular items.
+- chat: retrieval recall@k, hand-off rate on out-of-KB questions, false hand-off rate and the share of replies
+  that state the entry's key fact, on a questions file (``limit``: at most that many replies generated;
+  ``max_new_tokens``); baseline the same bot with its LoRA adapter off.
+
+``baseline: tfidf`` (the earlier name) means ``classical``.
 """
 from __future__ import annotations
 
@@ -18,57 +37,53 @@ from typing import Any
 
 import yaml
 
-from .artifact import write_json_atomic, write_text_atomic
+from .artifact import CHAT_KIND, FRAUD_KIND, RECO_KIND, read_card, write_json_atomic, write_text_atomic
 
-_SCALARS = ("accuracy", "f1_macro", "f1_micro", "mae", "examples")
+TEXT_KIND = "text classification"  # encoder tasks' cards have no "kind"
+SECTIONS = {TEXT_KIND: "text_section", FRAUD_KIND: "fraud_section", RECO_KIND: "recommendation_section",
+            CHAT_KIND: "chat_section"}
+BASELINES = ("classical", "tfidf", "none")
 
 
-EXPLAINED_EXAMPLES = 3
+def _evaluate_entry(entry: dict[str, Any], folder: Path, baseline: bool, where: str) -> dict[str, Any]:
+    """One task's part of the report; an error says which suite entry it comes from."""
+    from . import report_sections
+    from .predictor import load
 
-
-def _baseline(trained: Any, test_rows: Any, test_targets: Any, out_dir: Path) -> dict[str, Any]:
-    """The baseline's report on the same test rows, or why there is none."""
-    from .baselines import describe, tfidf_logits
-    from .data import encode_targets, load_rows
-
-    task, card = trained.task, trained.card
-    train_file = card.get("training", {}).get("train_file")
-    if getattr(task, "multi_label", False) or len(task.schema.text) != 1:
-        return {"skipped": "the TF-IDF baseline covers single-label, single-text tasks"}
-    if not train_file or not Path(train_file).exists():
-        return {"skipped": f"training file {train_file!r} is not available here"}
-    mapping = card.get("columns", {})
-    train = load_rows(train_file, task, mapping, "skip")
-    train_targets = encode_targets(train, task, mapping.get(task.schema.label, task.schema.label))
-    logits = tfidf_logits(train.texts[0], train_targets, test_rows.texts[0], len(task.labels))
-    return {**describe(train.texts[0]), **task.evaluate(logits, test_targets, out_dir)}
+    try:
+        kind = read_card(entry["model"]).get("kind") or TEXT_KIND
+        if kind not in SECTIONS:
+            raise ValueError(f"{entry['model']}: the report has no section for kind '{kind}' "
+                             f"(it covers: {', '.join(SECTIONS)})")
+        section = getattr(report_sections, SECTIONS[kind])(load(entry["model"]), entry, folder, baseline)
+    except (ValueError, OSError) as err:
+        err.add_note(f"in {where}")
+        raise
+    section["ours"]["model"] = str(entry["model"])
+    write_json_atomic(folder / "metrics.json", section["ours"])
+    return {"name": entry["name"], "kind": kind, **section,
+            "baseline": section["baseline"] or {"skipped": "baseline: none"}}
 
 
 def evaluate_suite(suite: str | Path) -> dict[str, Any]:
     """Evaluate every task of the suite file; write report.json, report.md and index.html."""
-    from .evaluation import evaluate_loaded
-    from .predictor import load
-
     spec = yaml.safe_load(Path(suite).read_text(encoding="utf-8")) or {}
     if not spec.get("tasks"):
         raise ValueError(f"{suite}: lists no tasks (expected a 'tasks:' list of {{name, model, data}})")
+    baseline = spec.get("baseline", "classical")
+    if baseline not in BASELINES:
+        raise ValueError(f"{suite}: baseline must be classical or none, not {baseline!r}")
     out = Path(spec.get("out", "reports/suite"))
-    entries = []
     for i, entry in enumerate(spec["tasks"], start=1):
         missing = [k for k in ("name", "model", "data") if k not in entry]
         if missing:
             raise ValueError(f"{suite}: task {i} lacks {missing}")
-        folder = out / entry["name"]
-        trained = load(entry["model"])
-        ours, rows, targets = evaluate_loaded(trained, entry["data"], str(folder), entry.get("columns"))
-        ours["model"] = str(entry["model"])
-        if spec.get("baseline", "tfidf") == "tfidf":
-            base = _baseline(trained, rows, targets, folder / "baseline")
-        else:
-            base = {"skipped": "baseline: none"}
-        examples = [dict(zip(trained.task.schema.text, t)) for t in zip(*(f[:EXPLAINED_EXAMPLES] for f in rows.texts))]
-        explained = [{"input": e, **x} for e, x in zip(examples, trained.explain(examples))]
-        entries.append({"name": entry["name"], "ours": ours, "baseline": base, "explanations": explained})
+    names = [entry["name"] for entry in spec["tasks"]]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{suite}: task names {repeated} are used twice (each names its report folder)")
+    entries = [_evaluate_entry(entry, out / entry["name"], baseline != "none", f"{suite}, task {i} ({entry['name']})")
+               for i, entry in enumerate(spec["tasks"], start=1)]
     report = {"suite": str(suite), "out": str(out), "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "tasks": entries}
     write_json_atomic(out / "report.json", report)
@@ -77,24 +92,63 @@ def evaluate_suite(suite: str | Path) -> dict[str, Any]:
     return report
 
 
-def _explained(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(text, predicted label with probability, words that mattered most) per explained example."""
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)[:60]
+
+
+def _explained_text(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(" / ".join(str(v) for v in x["input"].values())[:120], f"{x['label']} ({x['probability']:.2f})",
              ", ".join(f"{t['token']} ({t['weight']:+.3f})" for t in x["tokens"]))
-            for x in entry.get("explanations", [])]
+            for x in entry["explanations"]]
 
 
-def _rows(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
-    def fmt(report: dict[str, Any], key: str) -> str:
-        value = report.get(key)
-        return "—" if value is None else (str(value) if key == "examples" else f"{value:.4f}")
+def _explained_fraud(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(f"row {x['row']}" + ("" if x["label"] is None else f", label {x['label']}"),
+             f"{x['score']:.4f}" + (" (alert)" if x["alert"] else ""),
+             ", ".join(f"{e['field']} = {_short(e['value'])} ({e['contribution']:+.3f})" for e in x["explanation"]))
+            for x in entry["explanations"]]
 
-    ours, base = entry["ours"], entry["baseline"]
-    return [(k, fmt(ours, k), fmt(base, k)) for k in _SCALARS if k in ours]
+
+# kind -> (caption, column names, rows of the explained examples)
+_WHY = {
+    TEXT_KIND: ("Why (occlusion: drop in the predicted label's probability without each word):",
+                ("text", "predicted", "top words"), _explained_text),
+    FRAUD_KIND: ("Why (occlusion: the score minus the score with each field at a typical value), for the "
+                 "highest-scored records:", ("record", "score", "fields that raised it"), _explained_fraud),
+}
+
+
+def _explained(entry: dict[str, Any]) -> tuple[str, tuple[str, str, str], list[tuple[str, str, str]]] | None:
+    """The caption, column names and rows of the entry's explained examples; None without any."""
+    if not entry.get("explanations") or entry["kind"] not in _WHY:
+        return None
+    caption, columns, rows = _WHY[entry["kind"]]
+    return caption, columns, rows(entry)
+
+
+def _lookup(report: dict[str, Any], key: str) -> Any:
+    """``report[key]``; "a/b" is ``report["a"]["b"]``; None where missing."""
+    for part in key.split("/"):
+        report = report.get(part) if isinstance(report, dict) else None
+    return report
+
+
+def _fmt(value: Any) -> str:
+    if value is None or value != value:  # missing, or NaN
+        return "—"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def table_rows(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(metric, ours, baseline) for each metric of the entry's table, formatted."""
+    return [(k, _fmt(_lookup(entry["ours"], k)), _fmt(_lookup(entry["baseline"], k))) for k in entry["table"]]
 
 
 def _about(base: dict[str, Any]) -> str:
-    return base.get("skipped") or f"{base['name']}, {base['features']}, {base['train_examples']} training rows"
+    if "skipped" in base:
+        return base["skipped"]
+    rows = [f"{base['train_examples']} training rows"] if "train_examples" in base else []
+    return ", ".join([base["name"], base["features"], *rows])
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -104,15 +158,15 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [f"## {entry['name']} — `{ours['task']}`", "",
                   f"Model `{ours['model']}` on `{ours['data']}`. Baseline: {_about(base)}.",
                   "", "| metric | ours | baseline |", "|---|---|---|"]
-        lines += [f"| {k} | {a} | {b} |" for k, a, b in _rows(entry)]
+        lines += [f"| {k} | {a} | {b} |" for k, a, b in table_rows(entry)]
         for figure in ours.get("figures", []):
             beside = f" ![baseline](./{entry['name']}/baseline/{figure})" if figure in base.get("figures", []) else ""
             lines += ["", f"![ours](./{entry['name']}/{figure}){beside}"]
         explained = _explained(entry)
         if explained:
-            lines += ["", "Why (occlusion: drop in the predicted label's probability without each word):", "",
-                      "| text | predicted | top words |", "|---|---|---|"]
-            lines += [f"| {t.replace('|', '/')} | {p} | {w.replace('|', '/')} |" for t, p, w in explained]
+            caption, columns, rows = explained
+            lines += ["", caption, "", f"| {' | '.join(columns)} |", "|---|---|---|"]
+            lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
         lines.append("")
     return "\n".join(lines)
 
@@ -126,11 +180,10 @@ def _html(report: dict[str, Any]) -> str:
              f"<h1>Evaluation report</h1><p>Suite <code>{esc(report['suite'])}</code>, {esc(report['created'])}.</p>"]
     for entry in report["tasks"]:
         ours, base = entry["ours"], entry["baseline"]
-        about = _about(base)
         parts.append(f"<h2>{esc(entry['name'])} — <code>{esc(ours['task'])}</code></h2>"
                      f"<p>Model <code>{esc(ours['model'])}</code> on <code>{esc(ours['data'])}</code>. "
-                     f"Baseline: {esc(about)}.</p><table><tr><th>metric</th><th>ours</th><th>baseline</th></tr>")
-        parts += [f"<tr><td>{esc(k)}</td><td>{a}</td><td>{b}</td></tr>" for k, a, b in _rows(entry)]
+                     f"Baseline: {esc(_about(base))}.</p><table><tr><th>metric</th><th>ours</th><th>baseline</th></tr>")
+        parts += [f"<tr><td>{esc(k)}</td><td>{a}</td><td>{b}</td></tr>" for k, a, b in table_rows(entry)]
         parts.append("</table>")
         for figure in ours.get("figures", []):
             parts.append(f"<div><figure><img src='{esc(entry['name'])}/{esc(figure)}'><figcaption>ours</figcaption></figure>")
@@ -140,8 +193,8 @@ def _html(report: dict[str, Any]) -> str:
             parts.append("</div>")
         explained = _explained(entry)
         if explained:
-            parts.append("<p>Why (occlusion: drop in the predicted label's probability without each word):</p>"
-                         "<table><tr><th>text</th><th>predicted</th><th>top words</th></tr>")
-            parts += [f"<tr><td>{esc(t)}</td><td>{esc(p)}</td><td>{esc(w)}</td></tr>" for t, p, w in explained]
+            caption, columns, rows = explained
+            parts.append(f"<p>{esc(caption)}</p><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows]
             parts.append("</table>")
     return "\n".join(parts) + "\n"

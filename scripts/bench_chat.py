@@ -22,27 +22,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ecomnlp.chatbot import states
 from _bench import ROOT, publish
 
 CONFIG = "configs/support_chat.yaml"
 GOALS = {"recall": 0.95, "key_fact": 0.85, "handoff": 0.90}
-DASHES = re.compile(r"[\u2010-\u2015\u2212]")
-
-
-def normalize(text: str) -> str:
-    return " ".join(DASHES.sub("-", text).casefold().split())
-
-
-def states(reply: str, key: str) -> bool:
-    """Whether ``reply`` states the key fact ``key`` (case, dash style and spacing aside)."""
-    return normalize(key) in normalize(reply)
 
 
 def answer_all(bot: Any, questions: list[Any], adapter: bool, retrieval: bool, max_new_tokens: int) -> dict[str, Any]:

@@ -39,8 +39,9 @@ from ecomnlp.interactions import (Histories, Interactions, NegativeSampler, as_i
                                   split_per_user)
 from ecomnlp.models import resolve
 from ecomnlp.ranking import (CrossScorer, IndexData, ItemTable, ItemTower, RankingModule, ValidatedIndexData,
-                             dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, two_tower_loss,
-                             zero_linear)
+                             dot_scores, frozen_text_vectors, mean_auc, ranking_metrics, rerank, top_k,
+                             two_tower_loss, zero_linear)
+from ecomnlp.reco_baselines import interaction_matrix, popularity
 from ecomnlp.tabular import FusedEncoder, Inputs, tokenize_texts
 from ecomnlp.training import _fit_module, record_run
 
@@ -378,10 +379,14 @@ class RecommendationModel:
 
     # evaluation
     def evaluate(self, interactions: pd.DataFrame, k: int = 10, candidates: Sequence[Any] | None = None,
-                 batch_size: int = 256) -> dict[str, Any]:
+                 batch_size: int = 256, item_scores: np.ndarray | None = None) -> dict[str, Any]:
         """Ranking metrics on held-out interactions (columns ``user``, ``item``): for every user with at least one,
         the catalogue minus the user's training items (or only ``candidates``) is ranked; hit rate, precision,
-        recall, nDCG at ``k``, MAP, and the per-user AUC of the final scores over all candidates."""
+        recall, nDCG at ``k``, MAP, and the per-user AUC of the final scores over all candidates.
+
+        ``item_scores``: one score per catalogue item, the same for every user (e.g. ``popularity()``), ranked
+        instead of the model's scores: a baseline measured on exactly the same users, exclusions and relevant items.
+        """
         frame = interactions.assign(user=as_ids(interactions[USER]), item=as_ids(interactions[ITEM]))
         users = list(dict.fromkeys(frame[USER]))
         groups = frame.groupby(USER, sort=False)[ITEM].apply(list)
@@ -401,8 +406,12 @@ class RecommendationModel:
                 missing = -2 - np.arange(int((r < 0).sum()))  # not in the catalogue: relevant, never ranked
                 rel.append(np.concatenate([r[r >= 0], missing]))
             with torch.inference_mode():
-                rows, _ = rerank(q, self.vectors, self.net.cross, k, self.card["model"]["rerank"], skip)
-                final = self._final_scores(q)
+                if item_scores is None:
+                    rows, _ = rerank(q, self.vectors, self.net.cross, k, self.card["model"]["rerank"], skip)
+                    final = self._final_scores(q)
+                else:
+                    final = torch.as_tensor(item_scores, dtype=torch.float32).expand(len(part), -1)
+                    rows = top_k(final, k, skip)
             tops += list(rows.numpy())
             relevant += rel
             aucs.append((mean_auc(final, [x[x >= 0] for x in rel], skip), len(part)))
@@ -411,6 +420,13 @@ class RecommendationModel:
         metrics["auc"] = float(sum(a * n for a, n in valid) / sum(n for _, n in valid)) if valid else float("nan")
         metrics["users"] = len(users)
         return metrics
+
+    def popularity(self) -> np.ndarray:
+        """The most-popular baseline (``reco_baselines.popularity``): each catalogue item's number of users who
+        interacted with it in the known (training) interactions."""
+        users = np.repeat(np.arange(len(self.histories)), self.histories.lengths())
+        x = interaction_matrix(users, self.histories.items, len(self.histories), len(self.item_ids))
+        return popularity(x)[0]
 
     def _final_scores(self, q: torch.Tensor) -> torch.Tensor:
         """[B, N] scores of every catalogue item by the model's final scorer (the cross scorer when there is one)."""

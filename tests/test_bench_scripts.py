@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import NEGATIVE, POSITIVE, write_csv
+from conftest import NEGATIVE, POSITIVE, SUPPORT_DIALOGUES, SUPPORT_KB, SUPPORT_QUESTIONS, write_csv, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTEL = [("酒店早餐很好", "1"), ("酒店服务很专业", "1"), ("酒店早餐很难吃", "0"), ("酒店服务太慢", "0")]
@@ -82,21 +82,15 @@ def test_bench_multitask(tmp_path: Path, tiny_encoder: Path) -> None:
     assert sorted(p.name for p in (work / "joint").iterdir()) == ["category", "sentiment"]
 
 
-def test_bench_chat(tmp_path: Path, tiny_encoder: Path) -> None:
-    from ecomnlp.models.tiny import make_tiny_causal_lm
-    from test_support_chat import DIALOGUES, KB, QUESTIONS
-
-    from conftest import write_jsonl
-
-    lm = make_tiny_causal_lm(tmp_path / "lm", context=1024)
+def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
     data = tmp_path / "support"
-    write_jsonl(data / "kb.jsonl", KB)
-    write_jsonl(data / "train.jsonl", DIALOGUES)
+    write_jsonl(data / "kb.jsonl", SUPPORT_KB)
+    write_jsonl(data / "train.jsonl", SUPPORT_DIALOGUES)
     for split in ("valid", "test"):
-        write_jsonl(data / f"{split}.jsonl", QUESTIONS)
+        write_jsonl(data / f"{split}.jsonl", SUPPORT_QUESTIONS)
     report = tmp_path / "bench_chat.json"
-    _run_script("scripts/bench_chat.py", "--model", str(lm), "--encoder", str(tiny_encoder), "--data-dir", str(data),
-                "--max-steps", "2", "--max-new-tokens", "4", "--speed-repeats", "1", "--ablation",
+    _run_script("scripts/bench_chat.py", "--model", str(tiny_lm), "--encoder", str(tiny_encoder), "--data-dir",
+                str(data), "--max-steps", "2", "--max-new-tokens", "4", "--speed-repeats", "1", "--ablation",
                 "--out", str(tmp_path / "bot"), "--report", str(report), "--lora.layers=null")
     r = json.loads(report.read_text(encoding="utf-8"))
     assert (r["answerable"], r["out_of_kb"], r["kb_entries"]) == (2, 2, 4)

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import NEGATIVE, POSITIVE
+from conftest import (POSITIVE, RECO_COLUMNS as COLUMNS, RECO_USERS as N_USERS, fit_tiny_reco, reco_files as synthetic,
+                      reco_trainer as trainer)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,53 +169,12 @@ def test_negative_sampler_avoids_seen_items() -> None:
 
 # --- end to end on synthetic data -----------------------------------------------------------------------------
 
-N_USERS, N_ITEMS = 40, 24
-
-
-def synthetic(tmp: Path) -> dict[str, Path]:
-    """Users 0-19 like items 0-11 (texts from POSITIVE), users 20-39 items 12-23 (texts from NEGATIVE)."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for u in range(N_USERS):
-        group = np.arange(12) if u < 20 else np.arange(12, 24)
-        for t, i in enumerate(rng.choice(group, 8, replace=False)):
-            rows.append((f"u{u}", f"i{i}", int(rng.integers(1, 6)), 1000 * u + t))
-    paths = {"interactions": tmp / "inter.csv", "users": tmp / "users.csv", "items": tmp / "items.csv"}
-    pd.DataFrame(rows, columns=["uid", "iid", "stars", "ts"]).to_csv(paths["interactions"], index=False)
-    pd.DataFrame({"uid": [f"u{u}" for u in range(N_USERS)],
-                  "age": [20 + u if u % 7 else None for u in range(N_USERS)],
-                  "job": ["a" if u < 20 else "b" for u in range(N_USERS)]}).to_csv(paths["users"], index=False)
-    texts = [POSITIVE[i % len(POSITIVE)] if i < 12 else NEGATIVE[i % len(NEGATIVE)] for i in range(N_ITEMS + 2)]
-    pd.DataFrame({"iid": [f"i{i}" for i in range(N_ITEMS + 2)], "title": texts,
-                  "year": [1990 + i if i % 5 else None for i in range(N_ITEMS + 2)]}
-                 ).to_csv(paths["items"], index=False)
-    return paths
-
-
-FEATURES = {"users": {"numeric": {"age": {}}, "categorical": {"job": {}}},
-            "items": {"numeric": {"year": {}}, "templates": {"text": "{title} {year}"}}}
-COLUMNS = {"user": "uid", "item": "iid", "rating": "stars", "time": "ts"}
-
-
-def trainer(epochs: int = 25):
-    from ecomnlp.config import TrainerSettings
-
-    return TrainerSettings(max_epochs=epochs, lr=1e-2, weight_decay=0.0, warmup_ratio=0.0, progress_bar=False,
-                           accelerator="cpu", devices=1, patience=50, log_every_n_steps=5, seed=0)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path):
     import ecomnlp
-    from ecomnlp.tasks.recommendation import RecoData, RecoNetwork, fit_recommendation
 
     tmp = tmp_path_factory.mktemp("reco")
-    paths = synthetic(tmp)
-    data = RecoData(**{k: str(v) for k, v in paths.items()}, columns=COLUMNS, batch_size=32, valid_fraction=0.15)
-    network = RecoNetwork(dim=16, text_dim=8, history=5, negatives=4, loss="bce", text="adapter")
-    model, summary = fit_recommendation(data, FEATURES, str(tiny_encoder), network, trainer=trainer(),
-                                        work_dir=tmp / "run", k=5)
-    model.save(tmp / "task")
+    model, summary, paths = fit_tiny_reco(tmp, tiny_encoder)
     return model, summary, ecomnlp.load(tmp / "task"), tmp / "task", paths
 
 
