@@ -33,18 +33,27 @@ def _save_random(model_class: type[PreTrainedModel], config: PretrainedConfig, o
 
 def make_tiny_encoder(out: str | Path, texts: Iterable[str] = SAMPLE_TEXTS, hidden: int = 32, layers: int = 2,
                       seed: int = 0) -> Path:
-    """Write a random BERT encoder with a WordPiece tokenizer trained on ``texts`` to ``out``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Write a random BERT encoder with a WordPiece tokenizer built from ``texts`` to ``out``.
+
+    The vocabulary is the texts' characters (alone and as ``##`` continuations) and their words, in a fixed
+    order, so the same texts always give the same tokenizer (tokenizers' WordPiece trainer breaks ties
+    differently from one process to the next)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(list(texts) * 2, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for text in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    pieces = specials + chars + [f"##{c}" for c in chars] + sorted((w for w in words if len(w) > 1),
+                                                                   key=lambda w: (-words[w], w))
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
