@@ -125,11 +125,14 @@ def _tokens(model: torch.nn.Module, input_ids: list[int], settings: GenerationSe
         generator.seed()
     else:
         generator.manual_seed(settings.seed)
+    # a peft model's LoRA layers sit inside its base model: calling that directly skips PeftModel.forward's
+    # per-call work, and disable_adapter() still holds
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
     step_input = torch.tensor([input_ids], device=device)
     cache = None  # the KV cache (``cache``, formerly ``past_key_values``, in transformers 5)
     for _ in range(limit):
         with torch.inference_mode():
-            out = model(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
+            out = core(input_ids=step_input, cache=cache, use_cache=True, logits_to_keep=1)
             token = _next_token(out.logits[0, -1], settings, generator)
         if token in eos_ids:
             return

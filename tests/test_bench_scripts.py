@@ -100,3 +100,14 @@ def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
     assert all(len(reply["sources"]) == 3 for reply in r["ours"]["replies"])
     assert 0 <= r["recall"] <= 1 and 0 <= r["handoff_rate"] <= 1 and r["training"]["steps"] == 2
     assert r["speed"]["stream_tokens_per_s"] > 0 and r["speed"]["generate_tokens_per_s"] > 0
+
+    # --trained measures the same chat directory again, without training; the card gives the training figures
+    mtime = (tmp_path / "bot" / "adapter_model.safetensors").stat().st_mtime_ns
+    _run_script("scripts/bench_chat.py", "--model", str(tiny_lm), "--encoder", str(tiny_encoder), "--data-dir",
+                str(data), "--max-new-tokens", "4", "--speed-repeats", "1", "--out", str(tmp_path / "bot"),
+                "--report", str(report), "--trained")
+    again = json.loads(report.read_text(encoding="utf-8"))
+    assert (tmp_path / "bot" / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+    assert again["training"]["reused"] and again["training"]["steps"] == 2
+    assert again["perplexity"] == r["perplexity"] and again["recall"] == r["recall"]
+    assert [x["reply"] for x in again["ours"]["replies"]] == [x["reply"] for x in r["ours"]["replies"]]
