@@ -4,7 +4,8 @@ fitted on the training split only and saved as JSON, so prediction applies exact
 The spec is a plain dict (it can come from YAML); a section may also be a list of column names,
 which takes every default::
 
-    numeric:     {Amount: {fill: median, clip: [0.001, 0.999], log: true, scale: standard, buckets: 10}, V1: {}}
+    numeric:     {Amount: {fill: median, clip: [0.001, 0.999], log: true, scale: standard, buckets: 10}, V1: {},
+                  Time: {period: 86400}}
     categorical: {country: {min_count: 2, max_size: 1000}}
     crosses:     [{columns: [country, Amount_bucket], buckets: 1024}]
     templates:   {item_text: "{title} ({year}). Genres: {genres}"}
@@ -14,7 +15,11 @@ Numeric columns, in this order:
     clip   [lo, hi] quantiles of the training values (default: no clipping);
     fill   "median" (default) or "mean" of the clipped training values, or a number (raw units);
     log    sign(x) * log1p(|x|), i.e. log1p for non-negative values (default: off);
-    scale  "standard" (default; population std), "minmax" or "none"; a constant column is only shifted;
+    period P: a cyclical value (hour of day from seconds: 86400; day of week: 604800) as the angle
+           2 pi (x mod P) / P, emitted as two columns ``<name>_sin`` and ``<name>_cos`` instead of ``<name>``, so
+           the end of a cycle is next to its start (default: none);
+    scale  "standard" (default; population std), "minmax" or "none", each output column on its own; a constant
+           column is only shifted;
     indicator  an extra 0/1 column ``<name>_missing``: "auto" (default) adds it only when the training
            rows had missing values (one that is always 0 in training teaches a model nothing), or true/false;
     buckets    B quantile bins of the training values, emitted as the categorical column ``<name>_bucket``:
@@ -50,7 +55,8 @@ from .data import DataError
 FORMAT_VERSION = 1
 _SEP = "\x1f"
 _SECTIONS = ("numeric", "categorical", "crosses", "templates")
-_NUMERIC = {"fill": "median", "indicator": "auto", "clip": None, "log": False, "scale": "standard", "buckets": None}
+_NUMERIC = {"fill": "median", "indicator": "auto", "clip": None, "log": False, "period": None, "scale": "standard",
+            "buckets": None}
 _CATEGORICAL = {"min_count": 1, "max_size": None}
 _CROSS = {"columns": None, "buckets": 1024, "name": None}
 
@@ -114,7 +120,8 @@ class FeaturePipeline:
         buckets: dict[str, np.ndarray] = {}
         for c, o in self.spec["numeric"].items():
             f, x = fitted["numeric"][c], _numbers(columns[c], c)
-            numeric.append(_scaled(x, f, o["log"]))
+            values = _scaled(x, f, o)
+            numeric.extend(values.T if o["period"] else [values])
             if f["indicator"]:
                 numeric.append(np.isnan(x))
             if f["edges"] is not None:
@@ -130,10 +137,17 @@ class FeaturePipeline:
         )
 
     @property
+    def numeric_outputs(self) -> dict[str, list[str]]:
+        """Each numeric column's output columns, in order: its value (``_sin``, ``_cos`` with a period), then its
+        missing indicator if it has one."""
+        fitted = self._require_fitted()["numeric"]
+        return {c: ([f"{c}_sin", f"{c}_cos"] if o["period"] else [c]) + [f"{c}_missing"] * fitted[c]["indicator"]
+                for c, o in self.spec["numeric"].items()}
+
+    @property
     def numeric_names(self) -> list[str]:
         """Names of the numeric output columns, missing indicators included."""
-        fitted = self._require_fitted()["numeric"]
-        return [name for c in self.spec["numeric"] for name in [c] + [f"{c}_missing"] * fitted[c]["indicator"]]
+        return [name for names in self.numeric_outputs.values() for name in names]
 
     @property
     def cardinalities(self) -> list[int]:
@@ -205,6 +219,8 @@ def _normalise(spec: Mapping[str, Any]) -> dict[str, Any]:
         _check(clip is None or isinstance(clip, (list, tuple)) and len(clip) == 2 and all(map(_is_number, clip))
                and 0 <= clip[0] < clip[1] <= 1, c, "clip", clip, "[low, high] quantiles with 0 <= low < high <= 1")
         _check(isinstance(o["log"], bool), c, "log", o["log"], "true or false")
+        _check(o["period"] is None or _is_number(o["period"]) and math.isfinite(o["period"]) and o["period"] > 0,
+               c, "period", o["period"], "a positive number")
         _check(o["scale"] in ("standard", "minmax", "none"), c, "scale", o["scale"], "'standard', 'minmax' or 'none'")
         _check(o["buckets"] is None or _is_int(o["buckets"], 2), c, "buckets", o["buckets"], "an integer >= 2")
         o["clip"] = list(clip) if clip is not None else None
@@ -334,25 +350,29 @@ def _fit_numeric(x: np.ndarray, options: dict[str, Any], column: str) -> dict[st
         "indicator": bool(observed.size < x.size) if options["indicator"] == "auto" else options["indicator"],
         "clip": clip, "center": 0.0, "scale": 1.0, "edges": None,
     }
-    values = _scaled(x, fitted, options["log"])
-    if options["scale"] == "standard":
-        fitted["center"], fitted["scale"] = float(values.mean()), float(values.std()) or 1.0
-    elif options["scale"] == "minmax":
-        fitted["center"], fitted["scale"] = float(values.min()), float(values.max() - values.min()) or 1.0
+    values = _scaled(x, fitted, options)  # per output column: [n], or [n, 2] with a period
+    if options["scale"] != "none":
+        standard = options["scale"] == "standard"
+        center = values.mean(0) if standard else values.min(0)
+        spread = values.std(0) if standard else values.max(0) - values.min(0)
+        fitted["center"], fitted["scale"] = center.tolist(), np.where(spread == 0, 1.0, spread).tolist()
     if options["buckets"]:
         inner = np.linspace(0, 1, options["buckets"] + 1)[1:-1]
         fitted["edges"] = np.unique(np.quantile(observed, inner)).tolist()
     return fitted
 
 
-def _scaled(x: np.ndarray, fitted: dict[str, Any], log: bool) -> np.ndarray:
-    """clip -> fill -> log -> scale, in float64."""
+def _scaled(x: np.ndarray, fitted: dict[str, Any], options: dict[str, Any]) -> np.ndarray:
+    """clip -> fill -> log -> period -> scale, in float64: [n], or [n, 2] (sin, cos) with a period."""
     if fitted["clip"]:
         x = np.clip(x, *fitted["clip"])
     x = np.where(np.isnan(x), fitted["fill"], x)
-    if log:
+    if options["log"]:
         x = np.sign(x) * np.log1p(np.abs(x))
-    return (x - fitted["center"]) / fitted["scale"]
+    if options["period"]:
+        angle = 2 * np.pi * np.mod(x, options["period"]) / options["period"]
+        x = np.stack([np.sin(angle), np.cos(angle)], axis=1)
+    return (x - np.asarray(fitted["center"])) / np.asarray(fitted["scale"])
 
 
 def _fit_vocab(keys: np.ndarray, options: dict[str, Any]) -> list[str]:

@@ -218,6 +218,22 @@ class Classifier(nn.Module):
         return imbalance_loss(self.score(inputs)[known], targets[known], self.pos_weight, self.gamma)
 
 
+class Ensemble(nn.Module):
+    """Classifiers trained one by one (each with its own seed), their fraud probabilities averaged. The score is the
+    logit of that mean, log(mean sigmoid(s)) - log(mean sigmoid(-s)), computed without saturating."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def score(self, inputs: Inputs) -> torch.Tensor:
+        s = torch.stack([m.score(inputs) for m in self.members])
+        return torch.logsumexp(nn.functional.logsigmoid(s), 0) - torch.logsumexp(nn.functional.logsigmoid(-s), 0)
+
+    def loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+        raise TypeError("an ensemble is not trained as a whole: train each of its members")
+
+
 # --- training ----------------------------------------------------------------------------------------------
 
 class TabularData(L.LightningDataModule):
@@ -314,12 +330,14 @@ class FieldGroup:
 
 
 def field_groups(pipeline: FeaturePipeline) -> list[FieldGroup]:
-    """Each numeric column (with its missing indicator and bucket), categorical column, cross and template."""
-    spec, numeric, categorical = pipeline.spec, pipeline.numeric_names, pipeline.categorical_names
-    groups = []
-    for c in spec["numeric"]:
-        groups.append(FieldGroup(c, (c,), tuple(i for i, n in enumerate(numeric) if n in (c, f"{c}_missing")),
+    """Each numeric column (its value or sin / cos, missing indicator and bucket), categorical column, cross and
+    template."""
+    spec, categorical = pipeline.spec, pipeline.categorical_names
+    groups, start = [], 0
+    for c, outputs in pipeline.numeric_outputs.items():
+        groups.append(FieldGroup(c, (c,), tuple(range(start, start + len(outputs))),
                                  tuple(i for i, n in enumerate(categorical) if n == f"{c}_bucket")))
+        start += len(outputs)
     for c in spec["categorical"]:
         groups.append(FieldGroup(c, (c,), categorical=(categorical.index(c),)))
     bucketed = {f"{c}_bucket": c for c, o in spec["numeric"].items() if o["buckets"]}

@@ -5,8 +5,9 @@ anomaly score, an alert decision, and the fields that raised the score.
     m = ecomnlp.load("runs/fraud"); m.score(records)
 
 Modes:
-  supervised       every row labelled: an MLP on the fused record vector (``tabular.Classifier``) with class
-                   weights and/or focal loss; early stopping on validation AUPRC; Platt-calibrated probability.
+  supervised       every row labelled: an MLP on the fused record vector (``tabular.Classifier``; with
+                   ``network.members`` > 1 a seed ensemble of them, ``tabular.Ensemble``) with class weights and/or
+                   focal loss; early stopping on validation AUPRC; Platt-calibrated probability.
   semi_supervised  few labels (missing labels allowed): a detector fitted on the records, with the known frauds
                    pushed away (Deep SAD term) or left out (ECOD); validation labels, when they hold frauds, pick the
                    epoch (AUPRC), calibrate the score into a probability and can set the threshold by precision.
@@ -42,9 +43,9 @@ from ecomnlp.detectors import AutoEncoder, DeepSVDD, Ecod, detector_matrix
 from ecomnlp.features import FeaturePipeline
 from ecomnlp.models import resolve
 from ecomnlp.predictor import backbone_for
-from ecomnlp.tabular import (Classifier, FusedEncoder, Inputs, TabularData, TabularModule, TabularSplit, as_frame,
-                             baseline_inputs, field_groups, in_chunks, input_columns, occlusion, read_frame, rows_of,
-                             score_inputs, seeded_sample, split_frame, text_vectors, tokenize_texts)
+from ecomnlp.tabular import (Classifier, Ensemble, FusedEncoder, Inputs, TabularData, TabularModule, TabularSplit,
+                             as_frame, baseline_inputs, field_groups, in_chunks, input_columns, occlusion, read_frame,
+                             rows_of, score_inputs, seeded_sample, split_frame, text_vectors, tokenize_texts)
 from ecomnlp.training import _fit_module, _version, peak_rss_mb
 
 from .fraud_settings import (FRAUD_TRAINER, TASK, Detector, FraudData, Mode, NetworkSettings,  # noqa: F401
@@ -160,11 +161,16 @@ def build_scorer(spec: dict[str, Any]) -> nn.Module:
     """The (untrained) scorer that ``spec`` (the card's "model" entry) describes."""
     if spec["detector"] == "ecod":
         return Ecod(spec["ecod_rows"], spec["ecod_dims"])
-    fused = FusedEncoder(spec["numeric"], spec["cardinalities"], spec["texts"], spec["text_size"], spec["text_dim"],
-                         spec["embedding_dim"])
+
+    def fused() -> FusedEncoder:
+        return FusedEncoder(spec["numeric"], spec["cardinalities"], spec["texts"], spec["text_size"],
+                            spec["text_dim"], spec["embedding_dim"])
+
     if spec["detector"] == "classifier":
-        return Classifier(fused, spec["hidden"], spec["dropout"], spec["pos_weight"], spec["focal_gamma"])
-    autoencoder = AutoEncoder(fused, spec["numeric"], spec["cardinalities"], spec["texts"], spec["text_size"],
+        members = [Classifier(fused(), spec["hidden"], spec["dropout"], spec["pos_weight"], spec["focal_gamma"])
+                   for _ in range(spec.get("members", 1))]
+        return members[0] if len(members) == 1 else Ensemble(members)
+    autoencoder = AutoEncoder(fused(), spec["numeric"], spec["cardinalities"], spec["texts"], spec["text_size"],
                               spec["hidden"], spec["bottleneck"], bias=spec["detector"] == "autoencoder",
                               anomaly_weight=spec["anomaly_weight"], mask=spec.get("mask", 0.0))
     return autoencoder if spec["detector"] == "autoencoder" else DeepSVDD(autoencoder, spec["anomaly_weight"])
@@ -231,10 +237,16 @@ def load_splits(data: FraudData, mode: Mode, seed: int) -> Splits:
     return Splits(frames, {name: labels_of(f, where[name]) for name, f in frames.items()}, where)
 
 
-def _check(mode: Mode, detector: Detector, threshold: ThresholdSettings, data: FraudData) -> None:
+def _check(mode: Mode, detector: Detector, threshold: ThresholdSettings, data: FraudData,
+           network: NetworkSettings, features: dict[str, Any]) -> None:
     if (mode == "supervised") != (detector == "classifier"):
         raise ValueError(f"detector '{detector}' does not go with mode '{mode}': the classifier is the supervised "
                          "detector; semi_supervised and unsupervised use autoencoder, deep_svdd or ecod")
+    if network.members < 1 or network.members > 1 and detector != "classifier":
+        raise ValueError(f"network.members is {network.members}: at least 1, and more only for the classifier")
+    if network.members > 1 and features.get("templates"):
+        raise ValueError("network.members > 1 needs a text-free feature spec: the members would share (and each "
+                         "retrain) the one text adapter")
     if mode == "unsupervised" and threshold.rule == "precision":
         raise ValueError("unsupervised mode uses no labels: choose the threshold by alerts_per_day or alert_rate")
     if threshold.rule == "alerts_per_day" and data.time is None:
@@ -253,8 +265,9 @@ def _fit_detector(scorer: nn.Module, detector: Detector, train: TabularSplit, fi
     if detector == "ecod":
         scorer.fit(detector_matrix(train.inputs())[normal])
         return
-    if detector == "classifier":
-        fit(scorer, "")
+    if detector == "classifier":  # an ensemble's members one by one, member i with seed + i
+        for i, member in enumerate(scorer.members if isinstance(scorer, Ensemble) else [scorer]):
+            fit(member, f".member{i}" if i else "", i)
         return
     autoencoder = scorer if detector == "autoencoder" else scorer.autoencoder
     autoencoder.set_text_stats(train.text[normal] if train.text is not None else None)
@@ -287,7 +300,7 @@ def fit_fraud(
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     detector = detector or ("classifier" if mode == "supervised" else "autoencoder")
-    _check(mode, detector, threshold, data)
+    _check(mode, detector, threshold, data, network, features)
     splits = load_splits(data, mode, trainer.seed)
     uses_labels = mode != "unsupervised"
     labels = {name: y if uses_labels and y is not None else np.full(len(splits.frames[name]), np.nan)
@@ -324,6 +337,7 @@ def fit_fraud(
         "texts": len(texts), "text_size": text_size, "text_dim": network.text_dim,
         "embedding_dim": network.embedding_dim, "hidden": list(network.hidden), "dropout": network.dropout,
         "bottleneck": network.bottleneck, "anomaly_weight": network.anomaly_weight, "mask": network.mask,
+        "members": network.members,
         "focal_gamma": network.focal_gamma if network.loss == "focal" else 0.0,
         "pos_weight": resolve_pos_weight(network.pos_weight, labels["train"]) if detector == "classifier" else 1.0,
     }
@@ -345,9 +359,12 @@ def fit_fraud(
     monitor, direction = ("val/auprc", "max") if labelled_valid else ("val/loss", "min")
     fits: list[tuple[L.Trainer, str]] = []
 
-    def fit(scorer: nn.Module, suffix: str) -> None:
+    def fit(scorer: nn.Module, suffix: str, member: int = 0) -> None:
+        if member:
+            L.seed_everything(trainer.seed + member, workers=True)
         module = TabularModule(scorer, trainer, backbone if trains_adapter else None, pooling, len(texts))
-        datamodule = TabularData(train_split, valid_split, data.batch_size, data.eval_batch_size, trainer.seed)
+        datamodule = TabularData(train_split, valid_split, data.batch_size, data.eval_batch_size,
+                                 trainer.seed + member)
         where = Path(f"{work_dir}{suffix}")
         fits.append(_fit_module(module, datamodule, trainer, monitor, where, mode=direction))
 

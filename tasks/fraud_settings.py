@@ -48,7 +48,9 @@ class NetworkSettings:
     (``focal_gamma``). ``pos_weight``: weight of a fraud in the loss: a number, ``balanced`` (negatives /
     positives), ``sqrt`` (its square root) or null. ``anomaly_weight``: semi-supervised Deep SAD term.
     ``mask``: the autoencoder (and Deep SVDD pretraining) hides each input field with this probability while it
-    trains (denoising), so it learns to rebuild a field from the others.
+    trains (denoising), so it learns to rebuild a field from the others. ``members``: the classifier as an
+    ensemble of this many MLPs, each trained on its own with seed + i (weights, dropout, batch order, early
+    stopping), their fraud probabilities averaged.
     """
 
     hidden: list[int] = field(default_factory=lambda: [128, 64])
@@ -61,6 +63,7 @@ class NetworkSettings:
     focal_gamma: float = 2.0
     anomaly_weight: float = 1.0
     mask: float = 0.0
+    members: int = 1
 
 
 @dataclass

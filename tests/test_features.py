@@ -49,6 +49,15 @@ NUMERIC_CASES = [
     # observed [0, E1, 100] -> clipped to [0, E1] -> median E1 -> log -> 1
     ("clip, then fill, then log", {"clip": [0, 0.5], "log": True, "scale": "none"}, [0, E1, None, 100],
      [None, 100, -3], ["x", "x_missing"], [[1, 1], [1, 0], [0, 0]]),
+    # the angle of x mod 24: 30 is 6, -6 is 18
+    ("period: sin and cos instead of the value", {"period": 24, "scale": "none"}, [0, 6, 12, 18], [0, 6, 30, -6],
+     ["x_sin", "x_cos"], [[0, 1], [1, 0], [1, 0], [-1, 0]]),
+    # observed [0, 6, 18]: median 6 -> angle 90 degrees
+    ("period: filled before the angle, then indicator", {"period": 24, "scale": "none"}, [0, 6, None, 18],
+     [None, 12], ["x_sin", "x_cos", "x_missing"], [[1, 0, 1], [0, -1, 0]]),
+    # train sin [0, 1, 0, -1] and cos [1, 0, -1, 0]: each mean 0, std sqrt(1/2); the fill (median 9) is 135 degrees
+    ("period: each output scaled on its own", {"period": 24}, [0, 6, 12, 18], [6, None],
+     ["x_sin", "x_cos"], [[math.sqrt(2), 0], [1, -1]]),
 ]
 
 
@@ -214,6 +223,24 @@ def test_save_load_gives_identical_outputs(tmp_path: Path) -> None:
     assert (a.categorical[missing, 1] == 0).all() and (a.categorical[~missing, 1] > 0).all()
 
 
+def test_hour_of_day_from_seconds_round_trips(tmp_path: Path) -> None:
+    """ULB-style ``Time`` (seconds since the first record) as the hour of day: 23:00 sits next to 01:00, a day later
+    is the same hour, and a saved pipeline (whose fitted centre and scale are per output) gives the same features."""
+    hours = np.array([1.0, 23.0, 25.0, 12.0, 6.0])
+    pipeline = _fit({"numeric": {"Time": {"period": 86400}, "V1": {}}}, {"Time": np.arange(48) * 3600.0,
+                                                                         "V1": np.arange(48.0)})
+    rows = {"Time": hours * 3600, "V1": np.zeros(5)}
+    out = pipeline.transform(rows).numeric
+    assert pipeline.numeric_names == ["Time_sin", "Time_cos", "V1"]
+    torch.testing.assert_close(out[0, :2], out[2, :2])  # 01:00 on the first and on the second day
+    near, far = (out[0, :2] - out[1, :2]).norm(), (out[0, :2] - out[3, :2]).norm()
+    assert near < far / 3  # 01:00 is two hours from 23:00, eleven from 12:00
+    pipeline.save(tmp_path / "features.json")
+    loaded = FeaturePipeline.load(tmp_path / "features.json")
+    assert torch.equal(loaded.transform(rows).numeric, out)
+    assert loaded.numeric_outputs == {"Time": ["Time_sin", "Time_cos"], "V1": ["V1"]}
+
+
 def test_state_version_is_checked() -> None:
     state = _fit({"numeric": ["x"]}, {"x": [1, 2]}).state()
     with pytest.raises(ValueError, match="format_version 99"):
@@ -235,7 +262,7 @@ def test_yaml_spec_with_defaults() -> None:
     spec = yaml.safe_load("numeric: {Amount: {log: true}, V1: }\ncategorical: [country]\n")
     normalised = FeaturePipeline(spec).spec
     assert normalised["numeric"]["V1"] == {"fill": "median", "indicator": "auto", "clip": None, "log": False,
-                                           "scale": "standard", "buckets": None}
+                                           "period": None, "scale": "standard", "buckets": None}
     assert normalised["numeric"]["Amount"]["log"] is True
     assert normalised["categorical"] == {"country": {"min_count": 1, "max_size": None}}
 
@@ -270,6 +297,8 @@ SPEC_ERRORS = [
     ({"numeric": {"x": {"clip": [0.9, 0.1]}}}, r"clip is \[0.9, 0.1\]"),
     ({"numeric": {"x": {"scale": "zscore"}}}, r"scale is 'zscore'"),
     ({"numeric": {"x": {"buckets": 1}}}, r"buckets is 1"),
+    ({"numeric": {"x": {"period": 0}}}, r"period is 0; expected a positive number"),
+    ({"numeric": {"x": {"period": "day"}}}, r"period is 'day'"),
     ({"categorical": {"c": {"min_count": 0}}}, r"categorical column 'c'.*min_count is 0"),
     ({"categorical": ["c"], "crosses": [{"columns": ["c"]}]}, r"cross 1.*two or more"),
     ({"numeric": ["x"], "categorical": ["c"], "crosses": [{"columns": ["c", "x"]}]},

@@ -12,47 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import NEGATIVE, POSITIVE
+from conftest import (FRAUD_FEATURES as FEATURES, FRAUD_TAIL as TAIL, NEGATIVE, POSITIVE, fit_tiny_fraud as fit,
+                      fraud_records as records)
 
-FEATURES = {"numeric": {"x0": {}, "x1": {}, "amount": {"log": True}}, "categorical": {"country": {}}}
 TEXT_FEATURES = {**FEATURES, "templates": {"note": "{note}"}}
-TAIL = 2.17  # P(N(0,1) > 2.17) ~ 1.5%
-
-
-def records(n: int, seed: int = 0) -> pd.DataFrame:
-    """Frauds are exactly the rows with x0 > TAIL (~1.5%), and their note is a complaint; x1, amount and country
-    are noise. One row per minute, so validation spans n / 1440 days."""
-    rng = np.random.default_rng(seed)
-    x0 = rng.normal(size=n)
-    fraud = x0 > TAIL
-    notes = np.where(fraud, rng.choice(NEGATIVE, n), rng.choice(POSITIVE, n))
-    frame = pd.DataFrame({"minute": np.arange(n) * 60.0, "x0": x0, "x1": rng.normal(size=n),
-                          "amount": np.exp(rng.normal(3, 1, n)), "country": rng.choice(["FR", "DE", "US"], n),
-                          "note": notes, "label": fraud.astype(int)})
-    frame.loc[::97, "x1"] = np.nan  # some missing values in training, so x1 gets a missing indicator
-    return frame
-
-
-def trainer(epochs: int = 6, **kwargs):
-    from ecomnlp.config import TrainerSettings
-
-    return TrainerSettings(**{"max_epochs": epochs, "lr": 1e-2, "progress_bar": False, "accelerator": "cpu",
-                              "devices": 1, "patience": 10, "log_every_n_steps": 5, "seed": 0, **kwargs})
-
-
-def fit(tmp_path: Path, frame: pd.DataFrame, features: dict = FEATURES, mode: str = "supervised",
-        detector: str | None = None, threshold=None, network=None, model: str = "minilm-l6", epochs: int = 6,
-        **data):
-    from ecomnlp.tasks.fraud_detection import FraudData, NetworkSettings, ThresholdSettings, fit_fraud
-
-    path = tmp_path / "records.csv"
-    frame.to_csv(path, index=False)
-    data = FraudData(train=str(path), time="minute", split="temporal", test_fraction=0.2, batch_size=128,
-                     **data)
-    if threshold is None:
-        threshold = ThresholdSettings() if mode != "unsupervised" else ThresholdSettings("alert_rate", 0.02)
-    return fit_fraud(data, features, mode, detector, model, network or NetworkSettings(hidden=[32, 16]),
-                     threshold, trainer=trainer(epochs), work_dir=tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +283,8 @@ def test_cli_train_fraud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         main(["train-fraud", "--config", str(root / "configs" / "fraud_detection.yaml"), "--print_config"])
     assert info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["split"] == "temporal" and len(printed["features"]["numeric"]) == 29
+    assert printed["data"]["split"] == "temporal" and len(printed["features"]["numeric"]) == 30
+    assert printed["features"]["numeric"]["Time"] == {"period": 86400} and printed["network"]["members"] == 5
 
     data = tmp_path / "records.csv"
     records(1500).to_csv(data, index=False)
@@ -336,3 +300,51 @@ def test_cli_train_fraud(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert summary["out"] == str(tmp_path / "task") and summary["threshold"]["rule"] == "alerts_per_day"
     model = ecomnlp.load(tmp_path / "task")
     assert model.card["threshold"] == summary["threshold"] and model.card["mode"] == "supervised"
+
+
+# --- seed ensembles and periodic features -----------------------------------------------------------------------
+
+def test_seed_ensemble_averages_independent_members_and_reloads_identically(tmp_path: Path) -> None:
+    import ecomnlp
+    from ecomnlp.tabular import Ensemble, score_inputs
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    model, summary = fit(tmp_path, records(3000), network=NetworkSettings(hidden=[32, 16], members=3), epochs=4)
+    assert isinstance(model.scorer, Ensemble) and model.card["model"]["members"] == 3
+    assert len(summary["epochs"]) == 3 and (tmp_path / "run.member2.train").is_dir()
+    inputs = model.inputs(records(300, seed=8))[0]
+    members = np.stack([score_inputs(m, inputs) for m in model.scorer.members])
+    assert not np.allclose(members[0], members[1]) and not np.allclose(members[1], members[2])
+    mean = (1 / (1 + np.exp(-members))).mean(0)
+    np.testing.assert_allclose(score_inputs(model.scorer, inputs), np.log(mean / (1 - mean)), rtol=1e-4, atol=1e-4)
+    assert summary["metrics"]["test"]["auroc"] > 0.95
+    loaded = ecomnlp.load(model.save(tmp_path / "task"))
+    assert isinstance(loaded.scorer, Ensemble) and len(loaded.scorer.members) == 3
+    frame = records(300, seed=9)
+    assert np.array_equal(model.scores(frame), loaded.scores(frame))
+
+
+@pytest.mark.parametrize("mode, detector, features, members", [
+    ("supervised", "classifier", FEATURES, 0),
+    ("unsupervised", "autoencoder", FEATURES, 2),
+    ("supervised", "classifier", TEXT_FEATURES, 2),  # members would share the one text adapter
+])
+def test_seed_ensemble_is_refused_where_it_cannot_work(tmp_path: Path, mode: str, detector: str, features: dict,
+                                                       members: int) -> None:
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    with pytest.raises(ValueError, match="network.members"):
+        fit(tmp_path, records(200), features, mode=mode, detector=detector, network=NetworkSettings(members=members))
+
+
+def test_periodic_field_is_one_explained_field() -> None:
+    """A periodic column's sin and cos (and its missing indicator) are occluded together, as one field."""
+    from ecomnlp.features import FeaturePipeline
+    from ecomnlp.tabular import field_groups
+
+    spec = {"numeric": {"minute": {"period": 1440}, "x0": {}, "x1": {}}, "categorical": {"country": {}}}
+    frame = records(500).assign(minute=lambda f: f["minute"].where(f.index % 50 > 0))
+    pipeline = FeaturePipeline(spec).fit(frame)
+    assert pipeline.numeric_names == ["minute_sin", "minute_cos", "minute_missing", "x0", "x1", "x1_missing"]
+    groups = {g.name: (g.numeric, g.categorical) for g in field_groups(pipeline)}
+    assert groups == {"minute": ((0, 1, 2), ()), "x0": ((3,), ()), "x1": ((4, 5), ()), "country": ((), (0,))}
