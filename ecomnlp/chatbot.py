@@ -142,7 +142,8 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
 
 
 def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "cpu") -> SupportBot:
-    """A chat directory from ``train_chat``; ``kb`` replaces the knowledge base saved with it."""
+    """A chat directory from ``train_chat``; ``kb`` replaces the knowledge base saved with it, keeping the saved
+    example questions of the entries whose ids it still has."""
     from peft import PeftModel
 
     from .backbone import Backbone
@@ -162,7 +163,12 @@ def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "
     backbone = Backbone(encoder_dir)
     if enc["adapter"]:
         backbone.load_adapter(enc["adapter"], Path(path) / RETRIEVAL_DIR)
-    retriever = Retriever(KnowledgeBase.load(kb or Path(path) / KB_FILE), enc["name"], backbone=backbone.to(device),
+    knowledge = saved = KnowledgeBase.load(Path(path) / KB_FILE)
+    if kb is not None:
+        knowledge = KnowledgeBase.load(kb)
+        knowledge = knowledge.with_questions([(q, e.id) for e in saved for q in e.questions if e.id in knowledge],
+                                             str(Path(path) / KB_FILE))
+    retriever = Retriever(knowledge, enc["name"], backbone=backbone.to(device),
                           query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"], adapter=enc["adapter"])
     retrieval = card["retrieval"]
     return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],

@@ -131,6 +131,24 @@ def test_cli_chat_repl_streams_and_logs_masked(trained: tuple[Path, dict], tmp_p
     assert records[0]["content"] == "call me on [PHONE] about my return"
 
 
+def test_replacement_kb_keeps_the_learned_questions_of_its_entries(trained: tuple[Path, dict],
+                                                                    tmp_path: Path) -> None:
+    from conftest import write_jsonl
+
+    from ecomnlp.chat_training import KB_FILE
+    from ecomnlp.chatbot import load_chatbot
+    from ecomnlp.knowledge import KnowledgeBase
+
+    out = trained[0]
+    saved = KnowledgeBase.load(out / KB_FILE)
+    assert saved["returns"].questions  # learned from the training dialogues
+    edited = [{"id": e.id, "title": e.title, "text": e.text + " (updated)"} for e in saved if e.id != "shipping"]
+    bot = load_chatbot(out, kb=write_jsonl(tmp_path / "new_kb.jsonl", edited))
+    kb = bot.retriever.kb
+    assert kb.ids == [e["id"] for e in edited] and kb["returns"].text.endswith("(updated)")
+    assert {e.id: e.questions for e in kb} == {e.id: e.questions for e in saved if e.id != "shipping"}
+
+
 def test_train_chat_config_loads() -> None:
     from ecomnlp.cli import command_arguments, train_chat_command
 
