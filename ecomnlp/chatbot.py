@@ -132,13 +132,24 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
         if answerable else None,
         "handoff_rate": handoff_rate(out_of_kb), "false_handoff_rate": handoff_rate(answerable)}
     keyed = [q for q in answerable if bot.retriever.kb[q.kb].key is not None][:replies]
-    threshold, bot.threshold = bot.threshold, None  # every reply generated; hand-off is measured above
+    stated = [r["states_key"] for r in key_fact_replies(bot, keyed, max_new_tokens)]
+    return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
+
+
+def key_fact_replies(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """The bot's greedy reply to each question (its entry must have a key) and whether it ``states`` the key.
+    Replies are generated even where the bot would hand off (its threshold is off meanwhile), so they measure
+    the replies alone; hand-off is measured apart."""
+    threshold, bot.threshold = bot.threshold, None
     try:
-        stated = [states(bot.chat([{"role": "user", "content": q.text}], max_new_tokens=max_new_tokens)["content"],
-                         bot.retriever.kb[q.kb].key) for q in keyed]
+        replies = []
+        for q in questions:
+            reply = bot.chat([{"role": "user", "content": q.text}], max_new_tokens=max_new_tokens)
+            replies.append({"question": q.text, "kb": q.kb, "reply": reply["content"], "sources": reply["sources"],
+                            "states_key": states(reply["content"], bot.retriever.kb[q.kb].key)})
     finally:
         bot.threshold = threshold
-    return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
+    return replies
 
 
 def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "cpu") -> SupportBot:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ecomnlp.chatbot import states
+from ecomnlp.chatbot import key_fact_replies
 from _bench import ROOT, publish
 
 CONFIG = "configs/support_chat.yaml"
@@ -38,15 +38,11 @@ GOALS = {"recall": 0.95, "key_fact": 0.85, "handoff": 0.90}
 def answer_all(bot: Any, questions: list[Any], adapter: bool, retrieval: bool, max_new_tokens: int) -> dict[str, Any]:
     """Replies to the answerable questions with the adapter and/or retrieval switched on or off."""
     bot.use_adapter, bot.use_retrieval = adapter, retrieval
-    threshold = bot.threshold
-    bot.threshold = None  # every answerable question gets a generated reply; hand-off is measured apart
-    started, replies = time.perf_counter(), []
-    for q in questions:
-        reply = bot.chat([{"role": "user", "content": q.text}], max_new_tokens=max_new_tokens)
-        key = bot.retriever.kb[q.kb].key
-        replies.append({"question": q.text, "kb": q.kb, "reply": reply["content"], "sources": reply["sources"],
-                        "states_key": states(reply["content"], key)})
-    bot.threshold, bot.use_adapter, bot.use_retrieval = threshold, True, True
+    started = time.perf_counter()
+    try:
+        replies = key_fact_replies(bot, questions, max_new_tokens)
+    finally:
+        bot.use_adapter, bot.use_retrieval = True, True
     return {"key_fact_rate": sum(r["states_key"] for r in replies) / len(replies), "questions": len(replies),
             "wall_time_s": round(time.perf_counter() - started, 1), "replies": replies}
 
