@@ -106,7 +106,7 @@ def states(reply: str, key: str) -> bool:
     return _fact_text(key) in _fact_text(reply)
 
 
-def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 48,
+def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 96,
                  replies: int | None = None) -> dict[str, Any]:
     """The bot on held-out questions (``chat_data.load_questions``), as it is switched (``use_adapter``):
 
@@ -136,7 +136,7 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
     return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
 
 
-def key_fact_replies(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 48) -> list[dict[str, Any]]:
+def key_fact_replies(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 96) -> list[dict[str, Any]]:
     """The bot's greedy reply to each question (its entry must have a key) and whether it ``states`` the key.
     Replies are generated even where the bot would hand off (its threshold is off meanwhile), so they measure
     the replies alone; hand-off is measured apart."""
