@@ -1,9 +1,11 @@
 """Joint vs single-task benchmark: review sentiment and product category on online_shopping_10_cats,
 trained (1) each alone and (2) jointly in one run, with the same rows, base model, LoRA and trainer
-settings (all from configs/multitask.yaml). Test accuracy and wall time of both ways side by side.
+settings (all from configs/multitask.yaml). Test accuracy and wall time of both ways side by side,
+for each of several seeds (a seed draws the rows, the adapters' initialisation and the batch order; both
+ways share it), and the mean over seeds: one seed's difference is within training noise.
 Writes reports/bench_multitask.json and the README table (between the bench_multitask markers).
 
-    python scripts/bench_multitask.py [--train-examples N] [--adapters per_task|shared]
+    python scripts/bench_multitask.py [--train-examples N] [--adapters per_task|shared] [--seeds 42 43 44]
 
 `--train-examples` caps every task's training rows (the same seeded subset in both ways).
 Smoke run: --model <tiny model dir> --data-dir <tiny copy> --train-examples 40 --max-steps 2.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,23 +40,33 @@ def overrides(opts: argparse.Namespace, names: list[str]) -> list[str]:
     return args
 
 
+def accuracies(run: dict[str, Any], name: str) -> tuple[float, float]:
+    """(alone, joint) test accuracy of task ``name`` in one seed's ``run``."""
+    return run["single"][name]["metrics"]["test"]["accuracy"], run["joint"]["metrics"][name]["test"]["accuracy"]
+
+
 def table(r: dict[str, Any]) -> str:
-    single, joint = r["single"], r["joint"]
+    runs = r["runs"]
+    seeds = ", ".join(str(run["seed"]) for run in runs)
     lines = [
-        f"| {r['model']}, {r['adapters']} adapters | test accuracy, alone | test accuracy, joint | joint − alone "
-        f"| within {GOAL_POINTS} pts or above | train rows | steps alone / joint |",
+        f"| {r['model']}, {r['adapters']} adapters, mean of {len(runs)} seeds ({seeds}) | test accuracy, alone "
+        f"| test accuracy, joint | joint − alone (each seed) | within {GOAL_POINTS} pts or above | train rows "
+        f"| steps alone / joint |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, s in single.items():
-        alone, together = s["metrics"]["test"]["accuracy"], joint["metrics"][name]["test"]["accuracy"]
+    for name, s in runs[0]["single"].items():
+        pairs = [accuracies(run, name) for run in runs]
+        alone, together = (statistics.mean(p[i] for p in pairs) for i in (0, 1))
         points = 100 * (together - alone)
+        each = ", ".join(f"{100 * (j - a):+.2f}" for a, j in pairs)
         lines.append(f"| {name} ({s['metrics']['test']['examples']} test rows) | {alone:.2%} | {together:.2%} | "
-                     f"{points:+.2f} pts | {'yes' if points >= -GOAL_POINTS else 'no'} | "
+                     f"{points:+.2f} pts ({each}) | {'yes' if points >= -GOAL_POINTS else 'no'} | "
                      f"{s['train_examples']} of {s['train_rows_available']} | {s['steps']} / — |")
-    alone_time = sum(s["wall_time_s"] for s in single.values())
-    alone_steps = sum(s["steps"] for s in single.values())
-    lines.append(f"| both, wall time | {alone_time / 60:.1f} min (sum of {len(single)} runs) | "
-                 f"{joint['wall_time_s'] / 60:.1f} min (one run) | — | — | — | {alone_steps} / {joint['steps']} |")
+    alone_time = statistics.mean(sum(s["wall_time_s"] for s in run["single"].values()) for run in runs)
+    joint_time = statistics.mean(run["joint"]["wall_time_s"] for run in runs)
+    alone_steps = sum(s["steps"] for s in runs[0]["single"].values())
+    lines.append(f"| both, wall time per seed | {alone_time / 60:.1f} min (sum of {len(runs[0]['single'])} runs) | "
+                 f"{joint_time / 60:.1f} min (one run) | — | — | — | {alone_steps} / {runs[0]['joint']['steps']} |")
     return "\n".join(lines)
 
 
@@ -64,6 +77,7 @@ def main() -> None:
     parser.add_argument("--model", default="e5-small-multilingual", help="base model name or folder")
     parser.add_argument("--train-examples", type=int, default=None, help="cap on each task's training rows")
     parser.add_argument("--adapters", choices=["per_task", "shared"], default="per_task")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="one run of both ways per seed")
     parser.add_argument("--max-steps", type=int, default=None, help="step cap of every training run (smoke tests)")
     parser.add_argument("--work", default="runs/bench-multitask", help="folder for the trained tasks")
     parser.add_argument("--report", default="reports/bench_multitask.json", help="JSON report to write")
@@ -75,17 +89,20 @@ def main() -> None:
     from ecomnlp.multitask import train_multitask
 
     names = list(multitask_arguments(CONFIG)["tasks"])
-    work = Path(opts.work)
-    args = multitask_arguments(CONFIG, [*overrides(opts, names), "--out", str(work / "joint")])
-    single = {}
-    for name, spec in args["tasks"].items():
-        print(f"== {name} alone", flush=True)
-        single[name] = ecomnlp.train(spec.task, spec.data, str(work / "single" / name), args["model"],
-                                     spec.task_options, args["pooling"], args["lora"], args["trainer"])
-    print("== joint", flush=True)
-    joint = train_multitask(**args)
+    runs = []
+    for seed in opts.seeds:
+        work = Path(opts.work) / f"seed-{seed}"
+        args = multitask_arguments(CONFIG, [*overrides(opts, names), "--trainer.seed", str(seed),
+                                            "--out", str(work / "joint")])
+        single = {}
+        for name, spec in args["tasks"].items():
+            print(f"== seed {seed}: {name} alone", flush=True)
+            single[name] = ecomnlp.train(spec.task, spec.data, str(work / "single" / name), args["model"],
+                                         spec.task_options, args["pooling"], args["lora"], args["trainer"])
+        print(f"== seed {seed}: joint", flush=True)
+        runs.append({"seed": seed, "single": single, "joint": train_multitask(**args)})
     report = {"model": opts.model, "adapters": opts.adapters, "sampler": args["sampler"],
-              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "single": single, "joint": joint}
+              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
     publish(report, opts.report, "bench_multitask", table(report), not opts.no_readme)
 
 

@@ -71,15 +71,19 @@ def test_bench_multitask(tmp_path: Path, tiny_encoder: Path) -> None:
         write_csv(data_dir / f"{split}.csv", ["cat", "label", "review"], _reviews(rows, 0))
     report, work = tmp_path / "bench_multitask.json", tmp_path / "work"
     _run_script("scripts/bench_multitask.py", "--model", str(tiny_encoder), "--data-dir", str(data_dir),
-                "--train-examples", "30", "--max-steps", "2", "--work", str(work), "--report", str(report))
+                "--train-examples", "30", "--max-steps", "2", "--seeds", "1", "2", "--work", str(work),
+                "--report", str(report))
     r = json.loads(report.read_text(encoding="utf-8"))
-    assert set(r["single"]) == set(r["joint"]["metrics"]) == {"sentiment", "category"}
-    for name, s in r["single"].items():  # both ways see the same rows
-        assert s["train_examples"] == r["joint"]["tasks"][name]["train_examples"] <= 30
-        assert s["steps"] == 1 and s["metrics"]["test"]["examples"] == 12  # one batch of 32 per epoch
-        assert 0 <= r["joint"]["metrics"][name]["test"]["accuracy"] <= 1
-    assert r["joint"]["steps"] == 2 and r["joint"]["wall_time_s"] > 0  # each task's batch once
-    assert sorted(p.name for p in (work / "joint").iterdir()) == ["category", "sentiment"]
+    assert [run["seed"] for run in r["runs"]] == [1, 2]
+    for run in r["runs"]:
+        assert set(run["single"]) == set(run["joint"]["metrics"]) == {"sentiment", "category"}
+        for name, s in run["single"].items():  # both ways see the same rows
+            assert s["train_examples"] == run["joint"]["tasks"][name]["train_examples"] <= 30
+            assert s["steps"] == 1 and s["metrics"]["test"]["examples"] == 12  # one batch of 32 per epoch
+            assert 0 <= run["joint"]["metrics"][name]["test"]["accuracy"] <= 1
+        assert run["joint"]["steps"] == 2 and run["joint"]["wall_time_s"] > 0  # each task's batch once
+        joint = work / f"seed-{run['seed']}" / "joint"
+        assert sorted(p.name for p in joint.iterdir()) == ["category", "sentiment"]
 
 
 def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
