@@ -219,19 +219,82 @@ class Classifier(nn.Module):
 
 
 class Ensemble(nn.Module):
-    """Classifiers trained one by one (each with its own seed), their fraud probabilities averaged. The score is the
-    logit of that mean, log(mean sigmoid(s)) - log(mean sigmoid(-s)), computed without saturating."""
+    """Members trained one by one (each with its own seed), their fraud probabilities averaged, with ``weights``
+    (default equal; normalised to sum to 1). The score is the logit of that mean,
+    log(sum w sigmoid(s)) - log(sum w sigmoid(-s)), computed without saturating."""
 
-    def __init__(self, members: Sequence[nn.Module]) -> None:
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
+        w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
+        self.register_buffer("log_weights", (w / w.sum()).log()[:, None], persistent=False)  # from the card
 
     def score(self, inputs: Inputs) -> torch.Tensor:
         s = torch.stack([m.score(inputs) for m in self.members])
-        return torch.logsumexp(nn.functional.logsigmoid(s), 0) - torch.logsumexp(nn.functional.logsigmoid(-s), 0)
+        logsigmoid = nn.functional.logsigmoid
+        w = self.log_weights
+        return torch.logsumexp(logsigmoid(s) + w, 0) - torch.logsumexp(logsigmoid(-s) + w, 0)
 
     def loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
         raise TypeError("an ensemble is not trained as a whole: train each of its members")
+
+
+class BoostedTrees(nn.Module):
+    """Histogram gradient-boosted trees (sklearn's ``HistGradientBoostingClassifier``, ``options`` passed to it)
+    fitted on the numeric features, then kept as tensors, one row of nodes per tree, so that they are saved as
+    safetensors and scored in torch. The score is sklearn's ``decision_function`` (a logit). The conversion reads
+    sklearn's fitted predictors (private attributes; the tests compare the scores with sklearn's)."""
+
+    _NODES = {"feature": ("feature_idx", torch.int64), "threshold": ("num_threshold", torch.float64),
+              "missing_left": ("missing_go_to_left", torch.bool), "left": ("left", torch.int64),
+              "right": ("right", torch.int64), "leaf": ("is_leaf", torch.bool), "value": ("value", torch.float64)}
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.options = dict(options or {})
+        for name, (_, dtype) in self._NODES.items():  # [trees, nodes]; their shape is known once fitted or loaded
+            self.register_buffer(name, torch.zeros(0, 1, dtype=dtype))
+        self.register_buffer("baseline", torch.zeros((), dtype=torch.float64))
+
+    def fit(self, numeric: torch.Tensor, targets: torch.Tensor, seed: int) -> None:
+        """Fit on the labelled rows (NaN targets left out)."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        known = ~torch.isnan(targets)
+        model = HistGradientBoostingClassifier(random_state=seed, **self.options)
+        model.fit(numeric[known].numpy(), targets[known].numpy().astype(int))
+        trees = [predictors[0].nodes for predictors in model._predictors]
+        width = max(len(nodes) for nodes in trees)
+        for name, (field, dtype) in self._NODES.items():
+            column = torch.zeros(len(trees), width, dtype=dtype)
+            for t, nodes in enumerate(trees):  # padding nodes are never reached
+                column[t, :len(nodes)] = torch.from_numpy(nodes[field].astype(np.float64)).to(dtype)
+            setattr(self, name, column)
+        self.baseline = torch.tensor(float(model._baseline_prediction.item()), dtype=torch.float64)
+
+    def score(self, inputs: Inputs, chunk: int = 4096) -> torch.Tensor:
+        return torch.cat([self._score(x) for x in inputs["numeric"].double().split(chunk)]).float()
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        trees = torch.arange(len(self.feature), device=x.device)
+        node = torch.zeros(len(x), len(trees), dtype=torch.int64, device=x.device)  # every row at every root
+        for _ in range(self.feature.shape[1]):
+            leaf = self.leaf[trees, node]
+            if leaf.all():
+                break
+            value = x.gather(1, self.feature[trees, node])
+            left = (value <= self.threshold[trees, node]) | (value.isnan() & self.missing_left[trees, node])
+            node = torch.where(leaf, node, torch.where(left, self.left[trees, node], self.right[trees, node]))
+        return self.baseline + self.value[trees, node].sum(1)
+
+    def loss(self, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+        raise TypeError("boosted trees are fitted by sklearn (BoostedTrees.fit), not by gradient descent")
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in (*self._NODES, "baseline"):  # take the saved trees' shape
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 # --- training ----------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ anomaly score, an alert decision, and the fields that raised the score.
 Modes:
   supervised       every row labelled: an MLP on the fused record vector (``tabular.Classifier``; with
                    ``network.members`` > 1 a seed ensemble of them, ``tabular.Ensemble``) with class weights and/or
-                   focal loss; early stopping on validation AUPRC; Platt-calibrated probability.
+                   focal loss; early stopping on validation AUPRC; with ``network.trees`` > 0, gradient-boosted
+                   trees (``tabular.BoostedTrees``) join the ensemble with that weight; Platt-calibrated probability.
   semi_supervised  few labels (missing labels allowed): a detector fitted on the records, with the known frauds
                    pushed away (Deep SAD term) or left out (ECOD); validation labels, when they hold frauds, pick the
                    epoch (AUPRC), calibrate the score into a probability and can set the threshold by precision.
@@ -43,9 +44,10 @@ from ecomnlp.detectors import AutoEncoder, DeepSVDD, Ecod, detector_matrix
 from ecomnlp.features import FeaturePipeline
 from ecomnlp.models import resolve
 from ecomnlp.predictor import backbone_for
-from ecomnlp.tabular import (Classifier, Ensemble, FusedEncoder, Inputs, TabularData, TabularModule, TabularSplit,
-                             as_frame, baseline_inputs, field_groups, in_chunks, input_columns, occlusion, read_frame,
-                             rows_of, score_inputs, seeded_sample, split_frame, text_vectors, tokenize_texts)
+from ecomnlp.tabular import (BoostedTrees, Classifier, Ensemble, FusedEncoder, Inputs, TabularData, TabularModule,
+                             TabularSplit, as_frame, baseline_inputs, field_groups, in_chunks, input_columns, occlusion,
+                             read_frame, rows_of, score_inputs, seeded_sample, split_frame, text_vectors,
+                             tokenize_texts)
 from ecomnlp.training import _fit_module, _version, peak_rss_mb
 
 from .fraud_settings import (FRAUD_TRAINER, TASK, Detector, FraudData, Mode, NetworkSettings,  # noqa: F401
@@ -167,9 +169,13 @@ def build_scorer(spec: dict[str, Any]) -> nn.Module:
                             spec["text_dim"], spec["embedding_dim"])
 
     if spec["detector"] == "classifier":
-        members = [Classifier(fused(), spec["hidden"], spec["dropout"], spec["pos_weight"], spec["focal_gamma"])
-                   for _ in range(spec.get("members", 1))]
-        return members[0] if len(members) == 1 else Ensemble(members)
+        members: list[nn.Module] = [Classifier(fused(), spec["hidden"], spec["dropout"], spec["pos_weight"],
+                                               spec["focal_gamma"]) for _ in range(spec.get("members", 1))]
+        trees = spec.get("trees", 0.0)
+        if not trees:
+            return members[0] if len(members) == 1 else Ensemble(members)
+        weights = [(1 - trees) / len(members)] * len(members) + [trees]
+        return Ensemble([*members, BoostedTrees(spec["trees_options"])], weights)
     autoencoder = AutoEncoder(fused(), spec["numeric"], spec["cardinalities"], spec["texts"], spec["text_size"],
                               spec["hidden"], spec["bottleneck"], bias=spec["detector"] == "autoencoder",
                               anomaly_weight=spec["anomaly_weight"], mask=spec.get("mask", 0.0))
@@ -247,6 +253,9 @@ def _check(mode: Mode, detector: Detector, threshold: ThresholdSettings, data: F
     if network.members > 1 and features.get("templates"):
         raise ValueError("network.members > 1 needs a text-free feature spec: the members would share (and each "
                          "retrain) the one text adapter")
+    if not 0 <= network.trees < 1 or network.trees and (detector != "classifier" or features.get("templates")):
+        raise ValueError(f"network.trees is {network.trees}: a weight in [0, 1), above 0 only for the classifier "
+                         "on a text-free feature spec")
     if mode == "unsupervised" and threshold.rule == "precision":
         raise ValueError("unsupervised mode uses no labels: choose the threshold by alerts_per_day or alert_rate")
     if threshold.rule == "alerts_per_day" and data.time is None:
@@ -265,7 +274,7 @@ def _fit_detector(scorer: nn.Module, detector: Detector, train: TabularSplit, fi
     if detector == "ecod":
         scorer.fit(detector_matrix(train.inputs())[normal])
         return
-    if detector == "classifier":  # an ensemble's members one by one, member i with seed + i
+    if detector == "classifier":  # an ensemble's members one by one, member i with seed + i (trees: fitted)
         for i, member in enumerate(scorer.members if isinstance(scorer, Ensemble) else [scorer]):
             fit(member, f".member{i}" if i else "", i)
         return
@@ -337,7 +346,7 @@ def fit_fraud(
         "texts": len(texts), "text_size": text_size, "text_dim": network.text_dim,
         "embedding_dim": network.embedding_dim, "hidden": list(network.hidden), "dropout": network.dropout,
         "bottleneck": network.bottleneck, "anomaly_weight": network.anomaly_weight, "mask": network.mask,
-        "members": network.members,
+        "members": network.members, "trees": network.trees, "trees_options": network.trees_options,
         "focal_gamma": network.focal_gamma if network.loss == "focal" else 0.0,
         "pos_weight": resolve_pos_weight(network.pos_weight, labels["train"]) if detector == "classifier" else 1.0,
     }
@@ -360,6 +369,9 @@ def fit_fraud(
     fits: list[tuple[L.Trainer, str]] = []
 
     def fit(scorer: nn.Module, suffix: str, member: int = 0) -> None:
+        if isinstance(scorer, BoostedTrees):
+            scorer.fit(train_split.numeric, train_split.targets, trainer.seed + member)
+            return
         if member:
             L.seed_everything(trainer.seed + member, workers=True)
         module = TabularModule(scorer, trainer, backbone if trains_adapter else None, pooling, len(texts))

@@ -3,7 +3,7 @@ mirror them. Plain dataclasses with no heavy imports, so the CLI stays fast."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ecomnlp.config import TrainerSettings
 
@@ -50,7 +50,10 @@ class NetworkSettings:
     ``mask``: the autoencoder (and Deep SVDD pretraining) hides each input field with this probability while it
     trains (denoising), so it learns to rebuild a field from the others. ``members``: the classifier as an
     ensemble of this many MLPs, each trained on its own with seed + i (weights, dropout, batch order, early
-    stopping), their fraud probabilities averaged.
+    stopping), their fraud probabilities averaged. ``trees``: a weight w in [0, 1); above 0 the classifier's
+    ensemble gains a member of histogram gradient-boosted trees (sklearn, ``trees_options`` passed to it, fitted on
+    the numeric features and saved as tensors, ``tabular.BoostedTrees``), and its fraud probability is w times the
+    trees' plus 1 - w times the MLPs' mean.
     """
 
     hidden: list[int] = field(default_factory=lambda: [128, 64])
@@ -64,6 +67,9 @@ class NetworkSettings:
     anomaly_weight: float = 1.0
     mask: float = 0.0
     members: int = 1
+    trees: float = 0.0
+    trees_options: dict[str, Any] = field(default_factory=lambda: {
+        "learning_rate": 0.03, "max_iter": 500, "class_weight": "balanced", "early_stopping": False})
 
 
 @dataclass

@@ -43,8 +43,10 @@ def test_bench_fraud(tmp_path: Path) -> None:
     r = json.loads(report.read_text(encoding="utf-8"))
     split = r["split"]
     assert (split["train"]["rows"], split["valid"]["rows"], split["test"]["rows"]) == (960, 240, 300)
-    members = yaml.safe_load((ROOT / "configs" / "fraud_detection.yaml").read_text())["network"].get("members", 1)
+    network = yaml.safe_load((ROOT / "configs" / "fraud_detection.yaml").read_text())["network"]
+    members, trees = network.get("members", 1), network.get("trees", 0)
     ours = "ours: MLP, class weights" + (f", {members} seeds averaged" if members > 1 else "")
+    ours += f" + gradient-boosted trees (weight {trees:g})" if trees else ""
     assert [run["name"] for run in r["runs"]] == [
         ours, "logistic regression", "gradient boosting", "ours: denoising autoencoder",
         "ours: Deep SVDD", "ours: ECOD, per record (saved)", "PyOD IsolationForest", "PyOD ECOD"]

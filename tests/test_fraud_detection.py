@@ -348,3 +348,62 @@ def test_periodic_field_is_one_explained_field() -> None:
     assert pipeline.numeric_names == ["minute_sin", "minute_cos", "minute_missing", "x0", "x1", "x1_missing"]
     groups = {g.name: (g.numeric, g.categorical) for g in field_groups(pipeline)}
     assert groups == {"minute": ((0, 1, 2), ()), "x0": ((3,), ()), "x1": ((4, 5), ()), "country": ((), (0,))}
+
+
+# --- gradient-boosted trees as an ensemble member ------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    {"max_iter": 20, "early_stopping": False},
+    {"learning_rate": 0.05, "max_iter": 30, "max_leaf_nodes": 7, "class_weight": "balanced", "early_stopping": False},
+])
+def test_boosted_trees_score_as_sklearn_and_reload_identically(options: dict) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from ecomnlp.tabular import BoostedTrees
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4)).astype(np.float32)
+    x[::7, 2] = np.nan  # missing values follow each split's learned direction
+    y = ((x[:, 0] + np.nan_to_num(x[:, 2], nan=2.0) ** 2 + rng.normal(size=2000) * 0.3) > 2).astype(np.float32)
+    trees = BoostedTrees(options)
+    trees.fit(torch.from_numpy(x), torch.from_numpy(np.where(np.arange(2000) % 11, y, np.nan)), seed=0)
+    known = np.arange(2000) % 11 > 0
+    expected = HistGradientBoostingClassifier(random_state=0, **options).fit(x[known], y[known].astype(int))
+    scores = trees.score({"numeric": torch.from_numpy(x)}, chunk=300).numpy()
+    np.testing.assert_allclose(scores, expected.decision_function(x), rtol=1e-5, atol=1e-5)
+    loaded = BoostedTrees()
+    loaded.load_state_dict(trees.state_dict())
+    assert np.array_equal(loaded.score({"numeric": torch.from_numpy(x)}).numpy(), scores)
+
+
+def test_trees_member_blends_with_its_weight_and_reloads_identically(tmp_path: Path) -> None:
+    import ecomnlp
+    from ecomnlp.tabular import BoostedTrees, Ensemble, score_inputs
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    network = NetworkSettings(hidden=[32, 16], members=2, trees=0.4,
+                              trees_options={"max_iter": 20, "early_stopping": False})
+    model, summary = fit(tmp_path, records(3000), network=network, epochs=3)
+    assert isinstance(model.scorer, Ensemble) and isinstance(model.scorer.members[2], BoostedTrees)
+    assert len(summary["epochs"]) == 2 and summary["metrics"]["test"]["auroc"] > 0.95
+    inputs = model.inputs(records(300, seed=8))[0]
+    p = 1 / (1 + np.exp(-np.stack([score_inputs(m, inputs) for m in model.scorer.members])))
+    blend = 0.3 * p[0] + 0.3 * p[1] + 0.4 * p[2]
+    np.testing.assert_allclose(score_inputs(model.scorer, inputs), np.log(blend / (1 - blend)), rtol=1e-4, atol=1e-4)
+    loaded = ecomnlp.load(model.save(tmp_path / "task"))
+    frame = records(300, seed=9)
+    assert np.array_equal(model.scores(frame), loaded.scores(frame))
+    assert loaded.score(frame.iloc[:5])[0]["explanation"] == model.score(frame.iloc[:5])[0]["explanation"]
+
+
+@pytest.mark.parametrize("mode, detector, features, trees", [
+    ("supervised", "classifier", FEATURES, 1.0),
+    ("unsupervised", "autoencoder", FEATURES, 0.4),
+    ("supervised", "classifier", TEXT_FEATURES, 0.4),
+])
+def test_trees_member_is_refused_where_it_cannot_work(tmp_path: Path, mode: str, detector: str, features: dict,
+                                                      trees: float) -> None:
+    from ecomnlp.tasks.fraud_detection import NetworkSettings
+
+    with pytest.raises(ValueError, match="network.trees"):
+        fit(tmp_path, records(200), features, mode=mode, detector=detector, network=NetworkSettings(trees=trees))
