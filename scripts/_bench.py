@@ -1,12 +1,14 @@
-"""What the benchmark scripts share: the README table writer and the TF-IDF + LR accuracy baseline."""
+"""What the benchmark scripts share: the README table writer, a timer, the fraud task's arguments and data file,
+and the TF-IDF + LR accuracy baseline."""
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+FRAUD_CONFIG = "configs/fraud_detection.yaml"
 
 
 def write_readme_section(name: str, text: str, readme: Path = ROOT / "README.md") -> None:
@@ -33,6 +35,31 @@ def publish(report: dict[str, Any], path: str | Path, section: str, text: str, r
     print(text)
     if readme:
         write_readme_section(section, text)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its wall time in seconds (one decimal)."""
+    started = time.perf_counter()
+    result = fn()
+    return result, round(time.perf_counter() - started, 1)
+
+
+def ulb_file(path: str | None) -> str:
+    """``path``, or else the ULB credit-card file in the cache (fetched first if missing: fetch_data.py ulb-fraud)."""
+    if path is not None:
+        return path
+    from fetch_data import fetch
+
+    return str(fetch("ulb-fraud"))
+
+
+def fraud_arguments(data: str, out: str | Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """``train_fraud``'s keyword arguments: ``FRAUD_CONFIG`` with ``data`` as its training file, ``out``, no
+    progress bar, then ``extra`` (command-line style overrides, e.g. ``["--network.trees", "0"]``)."""
+    from ecomnlp.cli import command_arguments, train_fraud_command
+
+    return command_arguments(train_fraud_command, FRAUD_CONFIG, ["--data.train", data, "--trainer.progress_bar",
+                                                                 "false", "--out", str(out), *extra])
 
 
 def tfidf_accuracy(args: dict[str, Any], train_limit: int | None) -> dict[str, Any]:

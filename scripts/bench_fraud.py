@@ -29,12 +29,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ecomnlp.training import peak_rss_mb
-from _bench import ROOT, publish
+from _bench import FRAUD_CONFIG as CONFIG, ROOT, fraud_arguments, publish, timed, ulb_file
 
-CONFIG = "configs/fraud_detection.yaml"
 GOALS = {"supervised_auprc": 0.85, "unsupervised_auroc": 0.95}
 TOP_K = 100
 # Our unsupervised runs: the config with these overrides (labels are read for the test metrics only).
@@ -45,12 +44,6 @@ UNSUPERVISED = ["--mode", "unsupervised", "--network.hidden", "[64]", "--network
 # validation AUROC (0.948 -> 0.944, mean of 3 seeds), and the unsupervised settings were chosen without it.
 UNSUPERVISED_DROP = ("Time",)
 DETECTORS = {"autoencoder": "denoising autoencoder", "deep_svdd": "Deep SVDD", "ecod": "ECOD, per record (saved)"}
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    result = fn()
-    return result, round(time.perf_counter() - started, 1)
 
 
 def supervised_name(network: Any) -> str:
@@ -173,18 +166,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(opts.threads)
-    from ecomnlp.cli import command_arguments, train_fraud_command
-
-    if opts.data is None:
-        from fetch_data import fetch
-
-        opts.data = str(fetch("ulb-fraud"))
+    opts.data = ulb_file(opts.data)
     work = Path(opts.work)
-    common = ["--data.train", opts.data, "--trainer.progress_bar", "false"]
 
     def arguments(name: str, extra: list[str]) -> dict[str, Any]:
         epochs = ["--trainer.max_epochs", str(opts.max_epochs)] if opts.max_epochs else []
-        args = command_arguments(train_fraud_command, CONFIG, [*common, "--out", str(work / name), *extra, *epochs])
+        args = fraud_arguments(opts.data, work / name, [*extra, *epochs])
         if args["mode"] == "unsupervised":
             args["features"] = unsupervised_features(args["features"])
         return args

