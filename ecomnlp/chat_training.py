@@ -1,10 +1,9 @@
 """Supervised fine-tuning of a causal LM's LoRA adapter on support dialogues grounded on a knowledge base.
 
 Each assistant turn becomes one training example: the system prompt holds the ``top_k`` passages
-the shared encoder retrieves for the customer's question, ranked as for a new question (so the right
-entry comes first about as often as it will at answer time, and the model learns to find it among the
-others rather than to copy the first), with the right entry always among them; then the conversation
-so far, then the reply; the loss is on the reply only. Training runs through the same Lightning path as the encoder tasks.
+the shared encoder retrieves for the customer's question (the right entry always among them, so the
+model learns to answer from what it is given), then the conversation so far, then the reply; the
+loss is on the reply only. Training runs through the same Lightning path as the encoder tasks.
 """
 from __future__ import annotations
 
@@ -72,9 +71,8 @@ class ChatSplit(Split):
 
 
 def passages_for(retriever: Retriever, question: str, gold: str | None, k: int) -> list[Entry]:
-    """The top ``k`` entries retrieved for ``question`` as for a new question (not matched with itself where it
-    is one of the entries' example questions), with ``gold`` replacing the last one if it was missed."""
-    entries = [hit.entry for hit in retriever.search(question, k, leave_out_own=True)]
+    """The top ``k`` retrieved entries for ``question``, with ``gold`` replacing the last one if it was missed."""
+    entries = [hit.entry for hit in retriever.search(question, k)]
     if gold is not None and gold not in {e.id for e in entries}:
         entries[-1] = retriever.kb[gold]
     return entries

@@ -296,7 +296,6 @@ class Retriever:
         self.cache_path = Path(cache if cache is not None else cache_dir() / "kb") / f"{key}.safetensors"
         # row j of question_vectors is a question of entry question_owner[j]
         self.question_owner = torch.tensor([i for i, e in enumerate(self.entries) for _ in e.questions], dtype=torch.long)
-        self.question_texts = [q for e in self.entries for q in e.questions]
         self.from_cache = self.cache_path.exists()
         if self.from_cache:
             cached = load_file(str(self.cache_path))
@@ -306,7 +305,7 @@ class Retriever:
             log.info("embedding %d knowledge-base entries and %d questions with %s", len(self.entries),
                      len(self.question_owner), self.backbone.base_dir)
             self.vectors = self._embed([f"{self.passage_prefix}{e.title}\n{e.text}" for e in self.entries], None)
-            self.question_vectors = self._embed([self.query_prefix + q for q in self.question_texts], None)
+            self.question_vectors = self._embed([self.query_prefix + q for e in self.entries for q in e.questions], None)
             _save_vectors(self.cache_path, {"vectors": self.vectors, "question_vectors": self.question_vectors},
                           {"ids": json.dumps([e.id for e in self.entries]), **{k: str(v) for k, v in settings.items()}})
 
@@ -319,34 +318,27 @@ class Retriever:
         ids = tokenize(self.backbone.tokenizer, [texts], self.max_length)
         return torch.nn.functional.normalize(embed(self.backbone, adapter, ids, self.batch_size, self.pooling), dim=-1)
 
-    def scores(self, queries: torch.Tensor, left_out: Sequence[str] = ()) -> torch.Tensor:
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
         """Similarity of each query vector (a row) to each entry (a column, in ``entries`` order): cosine to
-        the passage, averaged with the best cosine to the entry's questions where it has some. Row i ignores
-        the example questions whose text is ``left_out[i]`` (when given)."""
+        the passage, averaged with the best cosine to the entry's questions where it has some."""
         passage = queries @ self.vectors.T
         if not len(self.question_owner):
             return passage
-        similarity = queries @ self.question_vectors.T
-        if left_out:
-            own = torch.tensor([[text == q for q in self.question_texts] for text in left_out], dtype=torch.bool)
-            similarity = similarity.masked_fill(own, -math.inf)
         owner = self.question_owner.expand(len(queries), -1)
-        best = torch.full_like(passage, -math.inf).scatter_reduce(1, owner, similarity, "amax")
+        best = torch.full_like(passage, -math.inf).scatter_reduce(1, owner, queries @ self.question_vectors.T, "amax")
         return torch.where(best.isfinite(), (passage + best) / 2, passage)
 
-    def search(self, query: str, k: int = 3, leave_out_own: bool = False) -> list[Hit]:
+    def search(self, query: str, k: int = 3) -> list[Hit]:
         """The ``k`` entries most similar to ``query``, best first."""
-        return self.search_many([query], k, leave_out_own)[0]
+        return self.search_many([query], k)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 3, leave_out_own: bool = False) -> list[list[Hit]]:
-        """``search`` for each query, embedded in batches. With ``leave_out_own``, a query that is itself one of
-        the entries' example questions is not matched with that copy: it is ranked as a new question would be."""
+    def search_many(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
+        """``search`` for each query, embedded in batches."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if not queries:
             return []
-        vectors = self._embed([self.query_prefix + q for q in queries], self.adapter)
-        scores = self.scores(vectors, queries if leave_out_own else ())
+        scores = self.scores(self._embed([self.query_prefix + q for q in queries], self.adapter))
         top = scores.topk(min(k, len(self.entries)), dim=1)
         return [[Hit(self.entries[i], s) for s, i in zip(values, indices)]
                 for values, indices in zip(top.values.tolist(), top.indices.tolist())]

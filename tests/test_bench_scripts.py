@@ -98,7 +98,7 @@ def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
                 "--out", str(tmp_path / "bot"), "--report", str(report), "--lora.layers=null")
     r = json.loads(report.read_text(encoding="utf-8"))
     assert (r["answerable"], r["out_of_kb"], r["kb_entries"]) == (2, 2, 4)
-    for run in ("ours", "base", "no_lora"):
+    for run in ("ours", "base", "no_lora", "ours_validation"):
         assert r[run]["questions"] == 2 and 0 <= r[run]["key_fact_rate"] <= 1
     assert all(reply["sources"] == [] for reply in r["base"]["replies"])  # the baseline retrieves nothing
     assert all(len(reply["sources"]) == 3 for reply in r["ours"]["replies"])

@@ -273,29 +273,6 @@ def test_entry_score_averages_passage_and_best_question(small_kb: KnowledgeBase,
     assert torch.allclose(plain.scores(q), passage, atol=1e-6)
 
 
-def test_leave_out_own_ignores_only_the_query_s_own_copy(small_kb: KnowledgeBase, tiny_encoder: Path,
-                                                       tmp_path: Path) -> None:
-    """A query that is one of the entries' example questions matches that copy (cosine 1) unless left out;
-    left out, the entry's other questions still count, and an entry with no other question falls back to its
-    passage. Queries that are not example questions score the same either way."""
-    kb = small_kb.with_questions([("the blender broke", "coffee"), ("fast shipping", "coffee"),
-                                  ("refund", "refund")])
-    retriever = Retriever(kb, tiny_encoder, cache=tmp_path)
-    ids = [e.id for e in retriever.entries]
-    coffee, refund = ids.index("coffee"), ids.index("refund")
-    queries = ["the blender broke", "refund", "refund took too long"]
-    q = retriever._embed(queries, None)
-    passage, question = q @ retriever.vectors.T, q @ retriever.question_vectors.T
-    kept, left = retriever.scores(q), retriever.scores(q, queries)
-    assert kept[0, coffee] == pytest.approx((passage[0, coffee].item() + 1) / 2, abs=1e-5)
-    assert left[0, coffee] == pytest.approx((passage[0, coffee] + question[0, 1]).item() / 2, abs=1e-5)
-    assert left[1, refund] == pytest.approx(passage[1, refund].item(), abs=1e-5)
-    assert torch.equal(left[2], kept[2])
-    searched = retriever.search("refund", k=len(kb), leave_out_own=True)
-    assert {h.entry.id: h.score for h in searched} == pytest.approx(
-        {ids[i]: float(left[1, i]) for i in range(len(kb))}, abs=1e-5)
-
-
 def test_other_encoder_gets_its_own_cache(small_kb: KnowledgeBase, tiny_encoder: Path, other_tiny_encoder: Path,
                                           tmp_path: Path) -> None:
     first = Retriever(small_kb, tiny_encoder, cache=tmp_path)

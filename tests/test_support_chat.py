@@ -55,31 +55,6 @@ def test_each_reply_is_one_example_with_loss_on_it_only(tiny_lm: Path, tiny_enco
     assert "where is my refund" not in tokenizer.decode(long.ids[1]) and "and returns?" in tokenizer.decode(long.ids[1])
 
 
-def test_training_passages_are_ranked_as_for_a_new_question(tiny_lm: Path, tiny_encoder: Path,
-                                                            files: dict[str, Path]) -> None:
-    """With the training questions in the KB, each example's passages come in the order a KB without that
-    question gives (so the right entry is not first just because the question matches itself)."""
-    import re
-
-    from transformers import AutoTokenizer
-
-    from ecomnlp.backbone import Backbone
-    from ecomnlp.chat_data import load_dialogues
-    from ecomnlp.chat_training import build_split, question_pairs, support_task
-    from ecomnlp.knowledge import KnowledgeBase, Retriever
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    dialogues = [d for d in load_dialogues(files["train"]) if len(d.kb) == 1 and d.kb[0] is not None]
-    pairs = question_pairs(dialogues)
-    kb, backbone = KnowledgeBase.load(files["kb"]), Backbone(tiny_encoder)
-    with_questions = Retriever(kb.with_questions(pairs, "train"), str(tiny_encoder), backbone=backbone)
-    split = build_split(dialogues, with_questions, support_task("Test Shop"), tokenizer, k=len(kb), max_length=1024)
-    for i, (question, gold) in enumerate(pairs):
-        others = kb.with_questions([p for p in pairs if p[0] != question], "train")
-        expected = [h.entry.id for h in Retriever(others, str(tiny_encoder), backbone=backbone).search(question, len(kb))]
-        assert re.findall(r"^\[(\S+)\] ", tokenizer.decode(split.ids[i]), flags=re.M) == expected, question
-
-
 def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict], tiny_lm: Path) -> None:
     import ecomnlp
     from peft import PeftModel
