@@ -26,6 +26,9 @@ from .pii import mask_pii
 from .retrieval_training import recall
 
 log = logging.getLogger(__name__)
+# new tokens of each reply the key-fact evaluation generates: at 48, Chinese replies (two to three tokens a
+# character) were cut mid-sentence
+EVAL_REPLY_TOKENS = 96
 _DASHES = re.compile(r"[\u2010-\u2015\u2212]")
 
 
@@ -106,7 +109,7 @@ def states(reply: str, key: str) -> bool:
     return _fact_text(key) in _fact_text(reply)
 
 
-def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 96,
+def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = EVAL_REPLY_TOKENS,
                  replies: int | None = None) -> dict[str, Any]:
     """The bot on held-out questions (``chat_data.load_questions``), as it is switched (``use_adapter``):
 
@@ -136,7 +139,8 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
     return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
 
 
-def key_fact_replies(bot: SupportBot, questions: Sequence[Question], max_new_tokens: int = 96) -> list[dict[str, Any]]:
+def key_fact_replies(bot: SupportBot, questions: Sequence[Question],
+                     max_new_tokens: int = EVAL_REPLY_TOKENS) -> list[dict[str, Any]]:
     """The bot's greedy reply to each question (its entry must have a key) and whether it ``states`` the key.
     Replies are generated even where the bot would hand off (its threshold is off meanwhile), so they measure
     the replies alone; hand-off is measured apart."""

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ecomnlp.chatbot import key_fact_replies
+from ecomnlp.chatbot import EVAL_REPLY_TOKENS, key_fact_replies
 from _bench import ROOT, publish
 
 CONFIG = "configs/support_chat.yaml"
@@ -151,7 +151,7 @@ def main() -> None:
                         help="folder with kb.jsonl, train.jsonl, valid.jsonl and test.jsonl")
     parser.add_argument("--model", default=None, help="causal LM (default: the config's)")
     parser.add_argument("--encoder", default=None, help="retrieval encoder (default: the config's)")
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=EVAL_REPLY_TOKENS)
     parser.add_argument("--ablation", action="store_true",
                         help="also reply with retrieval but without LoRA (one more pass over the questions)")
     parser.add_argument("--max-steps", type=int, default=None, help="step cap of training (smoke tests)")
