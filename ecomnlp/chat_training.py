@@ -164,30 +164,41 @@ def perplexity(model: Any, split: ChatSplit, pad_id: int, batch_size: int) -> fl
     return metric.compute().item()
 
 
-def retrieval_report(retriever: Retriever, questions_path: str, k: int) -> dict[str, Any]:
-    """Recall@k of the answerable questions and the hand-off threshold chosen on all of them."""
+def retrieval_report(retriever: Retriever, questions_path: str, k: int, lm: Any = None, tokenizer: Any = None,
+                     rerank: int = 0) -> dict[str, Any]:
+    """Recall@k of the answerable questions and the hand-off threshold chosen on all of them; with ``rerank``
+    > 0, the weight of ``lm``'s re-ranking of the top ``rerank`` entries, chosen on the answerable ones
+    (``rerank.choose_weight``), and recall@k after it."""
+    from .rerank import choose_weight, reorder
+
     questions = load_questions(questions_path)
     for q in questions:
         if q.kb is not None and q.kb not in retriever.kb.ids:
             raise DataError(f"{q.where}: field 'kb': unknown knowledge-base entry '{q.kb}'")
-    hits = retriever.search_many([q.text for q in questions], k)
+    hits = retriever.search_many([q.text for q in questions], max(k, rerank))
     answerable = [(q, h) for q, h in zip(questions, hits) if q.kb is not None]
     unanswerable = [h for q, h in zip(questions, hits) if q.kb is None]
     report: dict[str, Any] = {"questions": len(answerable), "out_of_kb_questions": len(unanswerable)}
-    if answerable:
-        report[f"recall@{k}"] = sum(q.kb in {x.entry.id for x in h} for q, h in answerable) / len(answerable)
     if answerable and unanswerable:
         report["threshold"] = choose_threshold([h[0].score for _, h in answerable], [h[0].score for h in unanswerable])
+    if answerable and rerank:
+        chosen, likelihoods = choose_weight(lm, tokenizer, [h for _, h in answerable], [q.text for q, _ in answerable],
+                                            [q.kb for q, _ in answerable])
+        report.update(chosen)
+        answerable = [(q, reorder(h, ll, report["rerank_weight"])) for (q, h), ll in zip(answerable, likelihoods)]
+    if answerable:
+        report[f"recall@{k}"] = sum(q.kb in {x.entry.id for x in h[:k]} for q, h in answerable) / len(answerable)
     return report
 
 
 def example_reply(model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int, retrieval: dict[str, Any],
-                  dialogues: Sequence[Dialogue]) -> dict[str, Any]:
+                  dialogues: Sequence[Dialogue], rerank: int = 0) -> dict[str, Any]:
     """The trained bot's greedy reply to the first held-out question it does not hand off (else the
     first question), kept in the card: a loaded model must give the same one."""
     from .chatbot import SupportBot
 
-    bot = SupportBot(model, tokenizer, retriever, task, top_k, retrieval.get("threshold"))
+    bot = SupportBot(model, tokenizer, retriever, task, top_k, retrieval.get("threshold"),
+                     rerank_depth=rerank, rerank_weight=retrieval.get("rerank_weight", 0.0))
     questions = [next(m["content"] for m in d.messages if m["role"] == "user") for d in dialogues]
     answered = (q for q in questions if not bot.ground([{"role": "user", "content": q}]).handoff)
     question = next(answered, questions[0])
@@ -260,9 +271,12 @@ def train_chat(
         retriever = Retriever(kb, encoder, backbone=retriever.backbone, adapter=RETRIEVAL_ADAPTER)
     splits = {name: build_split(d, retriever, task, tokenizer, data.top_k, max_length)
               for name, d in (("train", train_dialogues), ("valid", valid_dialogues))}
-    report = {**adapter_report, **(retrieval_report(retriever, data.questions, data.top_k) if data.questions else {})}
+    report = {**adapter_report, **(retrieval_report(retriever, data.questions, data.top_k, lm, tokenizer,
+                                                    retrieval.rerank) if data.questions else {})}
     if "threshold" not in report:
         log.warning("no answerable and out-of-KB questions given (data.questions): the bot never hands off")
+    if retrieval.rerank and "rerank_weight" not in report:
+        log.warning("no answerable questions given (data.questions) to weigh the re-ranking: the encoder's order stays")
 
     peft_model = get_peft_model(lm, lora_config(lora, "CAUSAL_LM"))
     pad_id = tokenizer.pad_token_id
@@ -278,7 +292,8 @@ def train_chat(
         return summary
     after = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)
     summary.update(perplexity={"before": before, "after": after}, retrieval=report,
-                   example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, report, valid_dialogues),
+                   example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, report, valid_dialogues,
+                                         retrieval.rerank),
                    wall_time_s=round(time.perf_counter() - started, 1))
     card = {
         "task": TASK, "kind": CHAT_KIND, "store": store,
@@ -286,7 +301,8 @@ def train_chat(
         "encoder": {"name": encoder, "path": str(encoder_dir), "checksum": base_checksum(encoder_dir),
                     "query_prefix": retriever.query_prefix, "passage_prefix": retriever.passage_prefix,
                     "adapter": retriever.adapter},
-        "retrieval": {"top_k": data.top_k, "threshold": report.get("threshold"), **dataclasses.asdict(retrieval)},
+        "retrieval": {"top_k": data.top_k, "threshold": report.get("threshold"),
+                      "rerank_weight": report.get("rerank_weight", 0.0), **dataclasses.asdict(retrieval)},
         "max_length": max_length,
         "lora": dataclasses.asdict(lora),
         "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch, "seed": trainer.seed,

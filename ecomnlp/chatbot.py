@@ -23,7 +23,7 @@ from .data import DataError
 from .generation import GenerationSettings, prompt_ids, stream
 from .knowledge import Hit, KnowledgeBase, Retriever
 from .pii import mask_pii
-from .retrieval_training import recall
+from .rerank import question_log_likelihood, reorder
 
 log = logging.getLogger(__name__)
 # new tokens of each reply the key-fact evaluation generates: at 48, Chinese replies (two to three tokens a
@@ -48,13 +48,18 @@ class Grounding:
 class SupportBot:
     """A causal LM with its LoRA adapter, a retriever over the store's knowledge base, and the task's prompts.
 
-    ``use_adapter`` / ``use_retrieval`` switch off the fine-tuning or the grounding (for baselines).
+    ``use_adapter`` / ``use_retrieval`` switch off the fine-tuning or the grounding (for baselines). With
+    ``rerank_depth`` > 0 and a ``rerank_weight``, the encoder's top ``rerank_depth`` entries are re-ranked by
+    the LM's base weights (``ecomnlp.rerank``) before the top ``top_k`` go into the prompt.
     """
 
     def __init__(self, model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int,
-                 threshold: float | None, settings: GenerationSettings = GenerationSettings(max_new_tokens=128)) -> None:
+                 threshold: float | None, settings: GenerationSettings = GenerationSettings(max_new_tokens=128),
+                 rerank_depth: int = 0, rerank_weight: float = 0.0) -> None:
         self.model, self.tokenizer, self.retriever, self.task = model.eval(), tokenizer, retriever, task
         self.top_k, self.threshold, self.settings = top_k, threshold, settings
+        self.rerank_depth, self.rerank_weight = rerank_depth, rerank_weight
+        self._prefixes: dict[tuple[str, str, str], Any] = {}  # the passages' prompts, prefilled for re-ranking
         self.use_adapter, self.use_retrieval = True, True
 
     def ground(self, messages: list[Message]) -> Grounding:
@@ -65,9 +70,14 @@ class SupportBot:
         log.info("customer: %s", mask_pii(question))
         if not self.use_retrieval:
             return Grounding(question, [], False)
-        hits = self.retriever.search(question, self.top_k)
-        handoff = self.threshold is not None and hits[0].score < self.threshold
-        return Grounding(question, hits, handoff)
+        hits = self.retriever.search(question, max(self.top_k, self.rerank_depth))
+        handoff = self.threshold is not None and hits[0].score < self.threshold  # the encoder's best cosine
+        if self.rerank_depth and self.rerank_weight and not handoff:
+            with self.model.disable_adapter():
+                likelihoods = question_log_likelihood(self.model, self.tokenizer, [h.entry for h in hits], question,
+                                                      self._prefixes)
+            hits = reorder(hits, likelihoods, self.rerank_weight)
+        return Grounding(question, hits[: self.top_k], handoff)
 
     def prompt(self, messages: list[Message], grounding: Grounding, max_new_tokens: int) -> list[int]:
         """Token ids of the grounded conversation, oldest turns dropped to leave room for the reply."""
@@ -131,12 +141,22 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
 
     report: dict[str, Any] = {
         "questions": len(answerable), "out_of_kb": len(out_of_kb),
-        f"recall@{bot.top_k}": recall(bot.retriever, [(q.text, q.kb) for q in answerable], bot.top_k)
-        if answerable else None,
+        f"recall@{bot.top_k}": bot_recall(bot, answerable) if answerable else None,
         "handoff_rate": handoff_rate(out_of_kb), "false_handoff_rate": handoff_rate(answerable)}
     keyed = [q for q in answerable if bot.retriever.kb[q.kb].key is not None][:replies]
     stated = [r["states_key"] for r in key_fact_replies(bot, keyed, max_new_tokens)]
     return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
+
+
+def bot_recall(bot: SupportBot, questions: Sequence[Question], k: int | None = None) -> float:
+    """Share of answerable ``questions`` whose entry is among the first ``k`` (default: all ``top_k``) passages
+    the bot puts in its prompt (after re-ranking where the bot re-ranks), hand-off aside."""
+    threshold, bot.threshold = bot.threshold, None
+    try:
+        grounded = [bot.ground([{"role": "user", "content": q.text}]).hits[:k] for q in questions]
+    finally:
+        bot.threshold = threshold
+    return sum(q.kb in {h.entry.id for h in hits} for q, hits in zip(questions, grounded)) / max(1, len(questions))
 
 
 def key_fact_replies(bot: SupportBot, questions: Sequence[Question],
@@ -187,4 +207,5 @@ def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "
                           query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"], adapter=enc["adapter"])
     retrieval = card["retrieval"]
     return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],
-                      retrieval["threshold"])
+                      retrieval["threshold"], rerank_depth=retrieval.get("rerank", 0),
+                      rerank_weight=retrieval.get("rerank_weight", 0.0))

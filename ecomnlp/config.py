@@ -107,9 +107,12 @@ class RetrievalSettings:
     """How the support bot retrieves. ``example_questions``: the training dialogues' questions join the
     knowledge-base entries they were answered from (an entry then scores by its passage and its best
     question). The retrieval adapter on the shared encoder is trained contrastively on those questions
-    (InfoNCE over all entries, ``temperature``); 0 ``epochs``: the base encoder alone."""
+    (InfoNCE over all entries, ``temperature``); 0 ``epochs``: the base encoder alone. ``rerank`` > 0: the
+    causal LM re-ranks the encoder's top ``rerank`` entries (``ecomnlp.rerank``, its weight chosen on the
+    held-out questions); 0: the encoder's order."""
 
     example_questions: bool = True
+    rerank: int = 0
     epochs: int = 8
     lr: float = 5e-4
     batch_size: int = 32

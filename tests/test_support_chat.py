@@ -105,6 +105,24 @@ def test_handoff_below_threshold_and_streaming(trained: tuple[Path, dict]) -> No
     assert bot.chat(messages, max_new_tokens=4)["sources"] == []
 
 
+def test_the_lm_reranks_with_its_base_weights(trained: tuple[Path, dict]) -> None:
+    import ecomnlp
+    from ecomnlp.rerank import question_log_likelihood
+
+    out, summary = trained
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    bot = ecomnlp.load(out)
+    assert (bot.rerank_depth, bot.rerank_weight) == (3, card["retrieval"]["rerank_weight"])
+    assert {"recall@1_before_rerank", "recall@1", "recall@2"} <= set(summary["retrieval"])
+    question = "can I return a lamp?"
+    hits = bot.retriever.search(question, 3)
+    with bot.model.disable_adapter():
+        likelihood = question_log_likelihood(bot.model, bot.tokenizer, [h.entry for h in hits], question)
+    bot.rerank_weight, bot.threshold = 1e6, None  # the LM's likelihood alone decides
+    assert bot.ground([{"role": "user", "content": question}]).sources == [
+        hits[i].entry.id for i in sorted(range(3), key=lambda i: -likelihood[i])][:2]
+
+
 def test_customer_text_is_logged_with_pii_masked(trained: tuple[Path, dict], caplog: pytest.LogCaptureFixture) -> None:
     import ecomnlp
 
