@@ -6,10 +6,10 @@ questions by recall@1.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from .knowledge import Entry, Hit
 
@@ -23,16 +23,17 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
     (rendered as a user turn of the model's chat template).
 
     Each passage's prompt is run once and its KV cache kept in ``prefixes`` (pass the same dict again, with
-    the same model state, to reuse them), so a question costs one short forward pass per entry.
+    the same model state, to reuse them); a question then costs one forward pass over its own tokens, all the
+    entries' caches left-padded into one batch.
     """
+    from transformers import DynamicCache
+
     prefixes = {} if prefixes is None else prefixes
     answer = tokenizer(question, add_special_tokens=False)["input_ids"]
-    if not answer:
+    if not answer or not entries:
         return [0.0] * len(entries)
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live inside it
     device = next(lm.parameters()).device
-    target = torch.tensor(answer, device=device)[:, None]
-    scores = []
     with torch.inference_mode():
         for entry in entries:
             key = (entry.id, entry.title, entry.text)
@@ -41,12 +42,25 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
                                                      tokenize=False, add_generation_prompt=True)
                 prompt = lm(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device),
                             use_cache=True, logits_to_keep=1)
-                prefixes[key] = (prompt.cache, prompt.logits[0, -1:])
-            cache, last = prefixes[key]
-            out = lm(input_ids=torch.tensor([answer], device=device), cache=copy.deepcopy(cache), use_cache=True)
-            logits = torch.cat([last, out.logits[0, :-1]])  # the prompt's last position predicts the first token
-            scores.append(logits.log_softmax(-1).gather(1, target).mean().item())
-    return scores
+                prefixes[key] = ([(layer.keys, layer.values) for layer in prompt.cache.layers], prompt.logits[0, -1])
+        cached = [prefixes[(e.id, e.title, e.text)] for e in entries]
+        lengths = torch.tensor([layers[0][0].shape[2] for layers, _ in cached], device=device)
+        width, n, q = int(lengths.max()), len(entries), len(answer)
+
+        def padded(tensor: torch.Tensor) -> torch.Tensor:  # (1, heads, length, dim), left-padded to width
+            return F.pad(tensor, (0, 0, width - tensor.shape[2], 0))
+
+        cache = DynamicCache([(torch.cat([padded(layers[i][0]) for layers, _ in cached]),
+                               torch.cat([padded(layers[i][1]) for layers, _ in cached]))
+                              for i in range(len(cached[0][0]))])
+        mask = torch.cat([torch.arange(width, device=device) >= width - lengths[:, None],
+                          torch.ones(n, q, dtype=torch.bool, device=device)], dim=1).long()
+        out = lm(input_ids=torch.tensor([answer] * n, device=device), attention_mask=mask, cache=cache,
+                 position_ids=lengths[:, None] + torch.arange(q, device=device), use_cache=True)
+        # the prompt's last position predicts the question's first token
+        logits = torch.cat([torch.stack([last for _, last in cached])[:, None], out.logits[:, :-1]], dim=1)
+        picked = logits.log_softmax(-1).gather(2, torch.tensor(answer, device=device).expand(n, -1)[..., None])
+    return picked.squeeze(-1).mean(1).tolist()
 
 
 def reorder(hits: Sequence[Hit], likelihoods: Sequence[float], weight: float) -> list[Hit]:
