@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from .knowledge import Entry, Hit
 
 INSTRUCTION = "Write a question a customer could ask that this passage answers."
+CACHED_PROMPTS = 64  # passage prompts whose KV caches question_log_likelihood keeps (about 7 MB each for SmolLM2-135M)
 WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)  # candidates for choose_weight; 0 keeps the encoder's order
 
 
@@ -23,8 +24,8 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
     (rendered as a user turn of the model's chat template).
 
     Each passage's prompt is run once and its KV cache kept in ``prefixes`` (pass the same dict again, with
-    the same model state, to reuse them); a question then costs one forward pass over its own tokens, all the
-    entries' caches left-padded into one batch.
+    the same model state, to reuse them; the least recently used go beyond ``CACHED_PROMPTS``); a question then
+    costs one forward pass over its own tokens, all the entries' caches left-padded into one batch.
     """
     from transformers import DynamicCache
 
@@ -37,13 +38,17 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
     with torch.inference_mode():
         for entry in entries:
             key = (entry.id, entry.title, entry.text)
-            if key not in prefixes:
+            if key in prefixes:
+                prefixes[key] = prefixes.pop(key)  # most recently used last
+            else:
                 text = tokenizer.apply_chat_template([{"role": "user", "content": f"{entry.title}\n{entry.text}\n\n{INSTRUCTION}"}],
                                                      tokenize=False, add_generation_prompt=True)
                 prompt = lm(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device),
                             use_cache=True, logits_to_keep=1)
                 prefixes[key] = ([(layer.keys, layer.values) for layer in prompt.cache.layers], prompt.logits[0, -1])
         cached = [prefixes[(e.id, e.title, e.text)] for e in entries]
+        while len(prefixes) > max(CACHED_PROMPTS, len(entries)):
+            del prefixes[next(iter(prefixes))]
         lengths = torch.tensor([layers[0][0].shape[2] for layers, _ in cached], device=device)
         width, n, q = int(lengths.max()), len(entries), len(answer)
 

@@ -13,11 +13,12 @@ ENTRIES = [Entry("returns", "Returns", "Return any item within 30 days.", None, 
            Entry("tuihuo", "退货", "7天无理由退货。", None, "test")]
 
 
-def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path) -> None:
+def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A passage's prompt runs once and its KV cache is reused: the scores equal a plain forward pass over the
     whole prompt + question, and reusing the cache for another question does not alter it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import ecomnlp.rerank as rerank
     from ecomnlp.rerank import INSTRUCTION, question_log_likelihood
 
     torch.manual_seed(0)
@@ -39,6 +40,10 @@ def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path) -> None:
     assert len(prefixes) == 3 and len(set(first)) == 3 and all(x < 0 for x in first)
     question_log_likelihood(model, tokenizer, ENTRIES, "7天可以退货吗", prefixes)
     assert question_log_likelihood(model, tokenizer, ENTRIES, question, prefixes) == pytest.approx(first, abs=1e-5)
+    monkeypatch.setattr(rerank, "CACHED_PROMPTS", 2)  # the least recently used prompt goes
+    question_log_likelihood(model, tokenizer, ENTRIES[:1], question, prefixes)
+    question_log_likelihood(model, tokenizer, ENTRIES[2:], question, prefixes)
+    assert [key[0] for key in prefixes] == ["returns", "tuihuo"]
     assert question_log_likelihood(model, tokenizer, ENTRIES, "") == [0.0, 0.0, 0.0]
 
 
