@@ -216,13 +216,14 @@ def main() -> None:
     validation = [q for q in load_questions(data / "valid.jsonl") if q.kb is not None]
     runs["ours_validation"] = answer_all(bot, validation, True, True, opts.max_new_tokens)
     print("== speed", flush=True)
+    recall = recall_at(bot, answerable, k)
     report = {
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args["model"],
         "encoder": args["encoder"], "data_dir": str(data), "kb_entries": len(bot.retriever.kb),
         "answerable": len(answerable), "out_of_kb": len(out_of_kb), "top_k": k, "threshold": bot.threshold,
-        "max_new_tokens": opts.max_new_tokens, "recall": bot_recall(bot, answerable),
+        "max_new_tokens": opts.max_new_tokens, "recall": recall["bot"],
         "rerank": {"depth": bot.rerank_depth, "weight": bot.rerank_weight, "recall@1": recall_at(bot, answerable, 1),
-                   f"recall@{k}": recall_at(bot, answerable, k)},
+                   f"recall@{k}": recall},
         "handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is None) / max(1, len(out_of_kb)),
         "false_handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is not None) / len(answerable),
         "perplexity": training["perplexity"], "training": {**training, "perplexity": None},
