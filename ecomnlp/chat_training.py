@@ -25,6 +25,7 @@ from .config import LLAMA_LORA, ChatDataConfig, LoraSettings, RetrievalSettings,
 from .data import DataError, LengthGroupedBatches
 from .knowledge import Entry, KnowledgeBase, Retriever, choose_threshold
 from .models import resolve
+from .rerank import choose_weight, reorder
 from .retrieval_training import ADAPTER as RETRIEVAL_ADAPTER
 from .retrieval_training import train_retrieval_adapter
 from .training import Prepared, Split, TaskData, TrainableModule, _fit_module, _version
@@ -169,8 +170,6 @@ def retrieval_report(retriever: Retriever, questions_path: str, k: int, lm: Any 
     """Recall@k of the answerable questions and the hand-off threshold chosen on all of them; with ``rerank``
     > 0, the weight of ``lm``'s re-ranking of the top ``rerank`` entries, chosen on the answerable ones
     (``rerank.choose_weight``), and recall@k after it."""
-    from .rerank import choose_weight, reorder
-
     questions = load_questions(questions_path)
     for q in questions:
         if q.kb is not None and q.kb not in retriever.kb.ids:

@@ -35,9 +35,9 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
         return [0.0] * len(entries)
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live inside it
     device = next(lm.parameters()).device
+    keys = [(entry.id, entry.title, entry.text) for entry in entries]
     with torch.inference_mode():
-        for entry in entries:
-            key = (entry.id, entry.title, entry.text)
+        for entry, key in zip(entries, keys):
             if key in prefixes:
                 prefixes[key] = prefixes.pop(key)  # most recently used last
             else:
@@ -46,7 +46,7 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
                 prompt = lm(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device),
                             use_cache=True, logits_to_keep=1)
                 prefixes[key] = ([(layer.keys, layer.values) for layer in prompt.cache.layers], prompt.logits[0, -1])
-        cached = [prefixes[(e.id, e.title, e.text)] for e in entries]
+        cached = [prefixes[key] for key in keys]
         while len(prefixes) > max(CACHED_PROMPTS, len(entries)):
             del prefixes[next(iter(prefixes))]
         lengths = torch.tensor([layers[0][0].shape[2] for layers, _ in cached], device=device)
