@@ -5,14 +5,17 @@ for each of several seeds (a seed draws the rows, the adapters' initialisation a
 ways share it), and the mean over seeds: one seed's difference is within training noise.
 Writes reports/bench_multitask.json and the README table (between the bench_multitask markers).
 
-    python scripts/bench_multitask.py [--train-examples N] [--adapters per_task|shared] [--seeds 42 43 44]
+    python scripts/bench_multitask.py [--train-examples N] [--adapters per_task|shared] [--seeds 42 43 44] [--resume]
 
-`--train-examples` caps every task's training rows (the same seeded subset in both ways).
+`--train-examples` caps every task's training rows (the same seeded subset in both ways). Each finished seed
+is saved as <work>/seed-<seed>/run.json with the settings it ran under; `--resume` reuses a seed whose
+settings are the same instead of training it again (a long benchmark can then span several sittings).
 Smoke run: --model <tiny model dir> --data-dir <tiny copy> --train-examples 40 --max-steps 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -70,6 +73,36 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_seed(opts: argparse.Namespace, names: list[str], seed: int) -> dict[str, Any]:
+    """Both ways for one seed: each task alone, then jointly; saved as ``<work>/seed-<seed>/run.json``.
+    With ``opts.resume``, a saved run with the same settings is returned instead of training again."""
+    import ecomnlp
+    from ecomnlp.artifact import write_json_atomic
+    from ecomnlp.cli import multitask_arguments
+    from ecomnlp.multitask import train_multitask
+
+    work = Path(opts.work) / f"seed-{seed}"
+    settings = [*overrides(opts, names), "--trainer.seed", str(seed), "--out", str(work / "joint")]
+    saved = work / "run.json"
+    if opts.resume and saved.exists():
+        run = json.loads(saved.read_text(encoding="utf-8"))
+        if run["settings"] == settings:
+            print(f"== seed {seed}: reusing {saved}", flush=True)
+            return run
+        print(f"== seed {seed}: {saved} ran under other settings; training again", flush=True)
+    args = multitask_arguments(CONFIG, settings)
+    single = {}
+    for name, spec in args["tasks"].items():
+        print(f"== seed {seed}: {name} alone", flush=True)
+        single[name] = ecomnlp.train(spec.task, spec.data, str(work / "single" / name), args["model"],
+                                     spec.task_options, args["pooling"], args["lora"], args["trainer"])
+    print(f"== seed {seed}: joint", flush=True)
+    run = {"seed": seed, "settings": settings, "sampler": args["sampler"], "single": single,
+           "joint": train_multitask(**args)}
+    write_json_atomic(saved, run)
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data/online_shopping_10_cats",
@@ -82,26 +115,15 @@ def main() -> None:
     parser.add_argument("--work", default="runs/bench-multitask", help="folder for the trained tasks")
     parser.add_argument("--report", default="reports/bench_multitask.json", help="JSON report to write")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse each seed's saved run (<work>/seed-<seed>/run.json) when its settings match")
     opts = parser.parse_args()
     os.chdir(ROOT)
-    import ecomnlp
     from ecomnlp.cli import multitask_arguments
-    from ecomnlp.multitask import train_multitask
 
     names = list(multitask_arguments(CONFIG)["tasks"])
-    runs = []
-    for seed in opts.seeds:
-        work = Path(opts.work) / f"seed-{seed}"
-        args = multitask_arguments(CONFIG, [*overrides(opts, names), "--trainer.seed", str(seed),
-                                            "--out", str(work / "joint")])
-        single = {}
-        for name, spec in args["tasks"].items():
-            print(f"== seed {seed}: {name} alone", flush=True)
-            single[name] = ecomnlp.train(spec.task, spec.data, str(work / "single" / name), args["model"],
-                                         spec.task_options, args["pooling"], args["lora"], args["trainer"])
-        print(f"== seed {seed}: joint", flush=True)
-        runs.append({"seed": seed, "single": single, "joint": train_multitask(**args)})
-    report = {"model": opts.model, "adapters": opts.adapters, "sampler": args["sampler"],
+    runs = [run_seed(opts, names, seed) for seed in opts.seeds]
+    report = {"model": opts.model, "adapters": opts.adapters, "sampler": runs[0]["sampler"],
               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
     publish(report, opts.report, "bench_multitask", table(report), not opts.no_readme)
 

@@ -84,6 +84,11 @@ def test_bench_multitask(tmp_path: Path, tiny_encoder: Path) -> None:
         assert run["joint"]["steps"] == 2 and run["joint"]["wall_time_s"] > 0  # each task's batch once
         joint = work / f"seed-{run['seed']}" / "joint"
         assert sorted(p.name for p in joint.iterdir()) == ["category", "sentiment"]
+    # --resume reuses a saved seed whose settings match (its wall times come back unchanged)
+    _run_script("scripts/bench_multitask.py", "--model", str(tiny_encoder), "--data-dir", str(data_dir),
+                "--train-examples", "30", "--max-steps", "2", "--seeds", "2", "--work", str(work),
+                "--report", str(report), "--resume")
+    assert json.loads(report.read_text(encoding="utf-8"))["runs"] == r["runs"][1:]
 
 
 def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
