@@ -141,22 +141,23 @@ def evaluate_bot(bot: SupportBot, questions: Sequence[Question], max_new_tokens:
 
     report: dict[str, Any] = {
         "questions": len(answerable), "out_of_kb": len(out_of_kb),
-        f"recall@{bot.top_k}": bot_recall(bot, answerable) if answerable else None,
+        f"recall@{bot.top_k}": bot_recall(bot, answerable, [bot.top_k])[bot.top_k] if answerable else None,
         "handoff_rate": handoff_rate(out_of_kb), "false_handoff_rate": handoff_rate(answerable)}
     keyed = [q for q in answerable if bot.retriever.kb[q.kb].key is not None][:replies]
     stated = [r["states_key"] for r in key_fact_replies(bot, keyed, max_new_tokens)]
     return {**report, "key_fact_rate": sum(stated) / len(stated) if stated else None, "replies": len(stated)}
 
 
-def bot_recall(bot: SupportBot, questions: Sequence[Question], k: int | None = None) -> float:
-    """Share of answerable ``questions`` whose entry is among the first ``k`` (default: all ``top_k``) passages
-    the bot puts in its prompt (after re-ranking where the bot re-ranks), hand-off aside."""
+def bot_recall(bot: SupportBot, questions: Sequence[Question], cutoffs: Sequence[int]) -> dict[int, float]:
+    """For each k in ``cutoffs``, the share of answerable ``questions`` whose entry is among the first k passages
+    the bot puts in its prompt (after re-ranking where the bot re-ranks), hand-off aside; each question is
+    retrieved once."""
     threshold, bot.threshold = bot.threshold, None
     try:
-        grounded = [bot.ground([{"role": "user", "content": q.text}]).hits[:k] for q in questions]
+        grounded = [[h.entry.id for h in bot.ground([{"role": "user", "content": q.text}]).hits] for q in questions]
     finally:
         bot.threshold = threshold
-    return sum(q.kb in {h.entry.id for h in hits} for q, hits in zip(questions, grounded)) / max(1, len(questions))
+    return {k: sum(q.kb in ids[:k] for q, ids in zip(questions, grounded)) / max(1, len(questions)) for k in cutoffs}
 
 
 def key_fact_replies(bot: SupportBot, questions: Sequence[Question],

@@ -88,15 +88,17 @@ def speed(bot: Any, question: str, max_new_tokens: int, repeats: int) -> dict[st
             "time_to_first_token_s": statistics.median(first), "retrieval_s": statistics.median(retrieval)}
 
 
-def recall_at(bot: Any, answerable: list[Any], k: int) -> dict[str, float]:
-    """Recall@k of the encoder's order and of the passages the bot is given (re-ranked where it re-ranks)."""
+def recall_at(bot: Any, answerable: list[Any], cutoffs: list[int]) -> dict[str, dict[str, float]]:
+    """Recall@k for each k in ``cutoffs``, of the encoder's order and of the passages the bot is given (re-ranked
+    where it re-ranks): ``{"recall@<k>": {"encoder": ..., "bot": ...}}``."""
     weight = bot.rerank_weight
     try:
         bot.rerank_weight = 0.0
-        before = bot_recall(bot, answerable, k)
+        before = bot_recall(bot, answerable, cutoffs)
     finally:
         bot.rerank_weight = weight
-    return {"encoder": before, "bot": bot_recall(bot, answerable, k)}
+    after = bot_recall(bot, answerable, cutoffs)
+    return {f"recall@{k}": {"encoder": before[k], "bot": after[k]} for k in cutoffs}
 
 
 def by_rank(replies: list[dict[str, Any]]) -> str:
@@ -216,14 +218,13 @@ def main() -> None:
     validation = [q for q in load_questions(data / "valid.jsonl") if q.kb is not None]
     runs["ours_validation"] = answer_all(bot, validation, True, True, opts.max_new_tokens)
     print("== speed", flush=True)
-    recall = recall_at(bot, answerable, k)
+    recall = recall_at(bot, answerable, [1, k])
     report = {
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args["model"],
         "encoder": args["encoder"], "data_dir": str(data), "kb_entries": len(bot.retriever.kb),
         "answerable": len(answerable), "out_of_kb": len(out_of_kb), "top_k": k, "threshold": bot.threshold,
-        "max_new_tokens": opts.max_new_tokens, "recall": recall["bot"],
-        "rerank": {"depth": bot.rerank_depth, "weight": bot.rerank_weight, "recall@1": recall_at(bot, answerable, 1),
-                   f"recall@{k}": recall},
+        "max_new_tokens": opts.max_new_tokens, "recall": recall[f"recall@{k}"]["bot"],
+        "rerank": {"depth": bot.rerank_depth, "weight": bot.rerank_weight, **recall},
         "handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is None) / max(1, len(out_of_kb)),
         "false_handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is not None) / len(answerable),
         "perplexity": training["perplexity"], "training": {**training, "perplexity": None},
