@@ -21,7 +21,7 @@ from torchmetrics.text import Perplexity
 
 from .artifact import CHAT_KIND, atomic_dir, base_checksum, write_card
 from .chat_data import IGNORE_INDEX, Dialogue, Message, load_dialogues, load_questions, render
-from .config import LLAMA_LORA, ChatDataConfig, LoraSettings, RetrievalSettings, TrainerSettings
+from .config import LLAMA_LORA, ChatDataConfig, GenerationSettings, LoraSettings, RetrievalSettings, TrainerSettings
 from .data import DataError, LengthGroupedBatches
 from .knowledge import Entry, KnowledgeBase, Retriever, choose_threshold
 from .models import resolve
@@ -191,12 +191,13 @@ def retrieval_report(retriever: Retriever, questions_path: str, k: int, lm: Any 
 
 
 def example_reply(model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int, retrieval: dict[str, Any],
-                  dialogues: Sequence[Dialogue], rerank: int = 0) -> dict[str, Any]:
-    """The trained bot's greedy reply to the first held-out question it does not hand off (else the
-    first question), kept in the card: a loaded model must give the same one."""
+                  dialogues: Sequence[Dialogue], rerank: int = 0,
+                  generation: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
+    """The trained bot's reply (decoded with ``generation``, which should be deterministic) to the first held-out
+    question it does not hand off (else the first question), kept in the card: a loaded model must give the same."""
     from .chatbot import SupportBot
 
-    bot = SupportBot(model, tokenizer, retriever, task, top_k, retrieval.get("threshold"),
+    bot = SupportBot(model, tokenizer, retriever, task, top_k, retrieval.get("threshold"), generation,
                      rerank_depth=rerank, rerank_weight=retrieval.get("rerank_weight", 0.0))
     questions = [next(m["content"] for m in d.messages if m["role"] == "user") for d in dialogues]
     answered = (q for q in questions if not bot.ground([{"role": "user", "content": q}]).handoff)
@@ -225,6 +226,7 @@ def train_chat(
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
     retrieval: RetrievalSettings = RetrievalSettings(),
+    generation: GenerationSettings = GenerationSettings(max_new_tokens=128),
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter of ``model`` on grounded support dialogues; save the chat directory ``out``.
 
@@ -233,8 +235,8 @@ def train_chat(
     training questions to their entries (validated on the answerable ``data.questions``). Then the
     causal LM's adapter learns the replies, each grounded on the passages that retriever finds.
     The directory holds the LM adapter (peft format), the retrieval adapter (``retrieval/``),
-    ``card.json`` (base model and encoder with checksums, retrieval settings, the hand-off threshold,
-    perplexity before and after) and a copy of the knowledge base, so ``ecomnlp.load(out)`` needs
+    ``card.json`` (base model and encoder with checksums, retrieval settings, the hand-off threshold, how the bot
+    decodes its replies (``generation``), perplexity before and after) and a copy of the knowledge base, so ``ecomnlp.load(out)`` needs
     nothing else.
     """
     import lightning as L
@@ -292,7 +294,7 @@ def train_chat(
     after = perplexity(peft_model, splits["valid"], pad_id, data.eval_batch_size)
     summary.update(perplexity={"before": before, "after": after}, retrieval=report,
                    example=example_reply(peft_model, tokenizer, retriever, task, data.top_k, report, valid_dialogues,
-                                         retrieval.rerank),
+                                         retrieval.rerank, generation),
                    wall_time_s=round(time.perf_counter() - started, 1))
     card = {
         "task": TASK, "kind": CHAT_KIND, "store": store,
@@ -303,6 +305,7 @@ def train_chat(
         "retrieval": {"top_k": data.top_k, "threshold": report.get("threshold"),
                       "rerank_weight": report.get("rerank_weight", 0.0), **dataclasses.asdict(retrieval)},
         "max_length": max_length,
+        "generation": dataclasses.asdict(generation),
         "lora": dataclasses.asdict(lora),
         "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch, "seed": trainer.seed,
                      "best_checkpoint": best, "wall_time_s": summary["wall_time_s"]},

@@ -19,8 +19,9 @@ from typing import Any, Iterator, Sequence
 from .artifact import check_base, read_card
 from .chat_data import Message, Question
 from .chat_training import KB_FILE, RETRIEVAL_DIR, context_window, grounded, load_causal_lm, support_task
+from .config import GenerationSettings
 from .data import DataError
-from .generation import GenerationSettings, prompt_ids, stream
+from .generation import prompt_ids, stream
 from .knowledge import Hit, KnowledgeBase, Retriever
 from .pii import mask_pii
 from .rerank import question_log_likelihood, reorder
@@ -50,7 +51,8 @@ class SupportBot:
 
     ``use_adapter`` / ``use_retrieval`` switch off the fine-tuning or the grounding (for baselines). With
     ``rerank_depth`` > 0 and a ``rerank_weight``, the encoder's top ``rerank_depth`` entries are re-ranked by
-    the LM's base weights (``ecomnlp.rerank``) before the top ``top_k`` go into the prompt.
+    the LM's base weights (``ecomnlp.rerank``) before the top ``top_k`` go into the prompt. ``settings``: how
+    replies are decoded unless a call overrides them (a loaded bot: as trained, the card's ``generation``).
     """
 
     def __init__(self, model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int,
@@ -207,6 +209,7 @@ def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "
     retriever = Retriever(knowledge, enc["name"], backbone=backbone.to(device),
                           query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"], adapter=enc["adapter"])
     retrieval = card["retrieval"]
+    settings = GenerationSettings(**card.get("generation", {"max_new_tokens": 128}))  # older cards: greedy
     return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],
-                      retrieval["threshold"], rerank_depth=retrieval.get("rerank", 0),
+                      retrieval["threshold"], settings, rerank_depth=retrieval.get("rerank", 0),
                       rerank_weight=retrieval.get("rerank_weight", 0.0))

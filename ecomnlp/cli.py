@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .config import (LLAMA_LORA, ChatDataConfig, DataConfig, LoraSettings, RetrievalSettings, TaskSpec,
-                     TrainerSettings)
+from .config import (LLAMA_LORA, ChatDataConfig, DataConfig, GenerationSettings, LoraSettings, RetrievalSettings,
+                     TaskSpec, TrainerSettings)
 from .tasks.fraud_settings import FRAUD_TRAINER, Detector, FraudData, Mode, NetworkSettings, ThresholdSettings
 from .tasks.ranking_settings import RECO_TRAINER, SEARCH_TRAINER, RecoData, RecoNetwork, SearchData, SearchNetwork
 
@@ -118,6 +118,7 @@ def train_chat_command(
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
     retrieval: RetrievalSettings = RetrievalSettings(),
+    generation: GenerationSettings = GenerationSettings(max_new_tokens=128),
 ) -> None:
     """Fine-tune a support chatbot's LoRA adapter on dialogues grounded on a knowledge base; save ``out``.
 
@@ -130,17 +131,19 @@ def train_chat_command(
         lora: adapter hyper-parameters.
         trainer: optimisation and Lightning settings; the best checkpoint has the lowest validation perplexity.
         retrieval: the encoder's retrieval adapter (contrastive, on the training questions; 0 epochs: none).
+        generation: how the trained bot decodes its replies by default (saved in its card), e.g. num_beams.
     """
     from .chat_training import train_chat
 
-    summary = train_chat(data, out, model, encoder, store, lora, trainer, retrieval)
+    summary = train_chat(data, out, model, encoder, store, lora, trainer, retrieval, generation)
     if "perplexity" in summary:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
 def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, log: str | None = None) -> None:
-    """Talk to a trained support chatbot in the terminal; replies stream as they are generated.
+                 top_p: float = 1.0, num_beams: int | None = None, log: str | None = None) -> None:
+    """Talk to a trained support chatbot in the terminal; replies stream as they are generated (with beam search,
+    each reply shows when its search ends).
 
     Args:
         model: chat directory from ``ecomnlp train-chat``.
@@ -148,12 +151,15 @@ def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, t
         max_new_tokens: longest reply, in tokens.
         temperature: 0 for deterministic greedy replies; above 0 samples (with top_p).
         top_p: nucleus sampling mass.
+        num_beams: beams of a deterministic beam search (1: greedy); default: as the bot was trained to decode,
+            or 1 when temperature is above 0.
         log: JSONL transcript to append to, with order numbers, e-mails and phone numbers masked.
     """
     from .chatbot import load_chatbot
     from .pii import mask_pii
 
     bot = load_chatbot(model, kb)
+    beams = num_beams if num_beams is not None else 1 if temperature > 0 else bot.settings.num_beams
     messages: list[dict[str, str]] = []
     print("Type your question; an empty line or Ctrl-D ends the chat.")
     while True:
@@ -168,7 +174,7 @@ def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, t
         print("bot> ", end="", flush=True)
         pieces = []
         for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p):
+                                top_p=top_p, num_beams=beams):
             pieces.append(piece)
             print(piece, end="", flush=True)
         reply = "".join(pieces).strip()

@@ -119,3 +119,28 @@ class RetrievalSettings:
     temperature: float = 0.05
     patience: int = 3
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=8, alpha=16, dropout=0.1))
+
+
+@dataclass
+class GenerationSettings:
+    """How to decode a reply."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = deterministic greedy decoding
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)  # stop sequences (text); the eos token always stops
+    seed: int | None = None  # sampling seed (reproducible sampling)
+    num_beams: int = 1  # > 1: beam search (temperature 0 only); the pieces all come when the search ends
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.num_beams > 1 and self.temperature != 0:
+            raise ValueError(f"beam search (num_beams={self.num_beams}) is deterministic: temperature must be 0, "
+                             f"got {self.temperature}")

@@ -1,39 +1,22 @@
 """Text generation for a causal-LM chatbot: a KV-cached decoding loop that streams the reply as text.
 
 Works for a plain ``*ForCausalLM`` and for a ``peft.PeftModel`` around one. Decoding is greedy at temperature 0,
-otherwise temperature + nucleus (top-p) sampling; it stops at an eos token, at ``max_new_tokens``, when the
-context window is full, or at a stop sequence (which is not part of the reply).
+otherwise temperature + nucleus (top-p) sampling, or a beam search (``num_beams`` > 1, deterministic; its reply
+streams only when the search ends, since no token is final before); it stops at an eos token, at ``max_new_tokens``,
+when the context window is full, or at a stop sequence (which is not part of the reply).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+
+from .config import GenerationSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 INCOMPLETE = "\ufffd"  # what decoding shows for the bytes of a character that is not complete yet
-
-
-@dataclass
-class GenerationSettings:
-    """How to decode a reply."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = deterministic greedy decoding
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)  # stop sequences (text); the eos token always stops
-    seed: int | None = None  # sampling seed (reproducible sampling)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 def stream(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: list[int],
@@ -96,7 +79,8 @@ def _stream(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_id
         stops = [s for s in settings.stop if s]
         generated: list[int] = []
         text, emitted = "", 0
-        for token in _tokens(model, input_ids, settings, _eos_ids(model, tokenizer), limit):
+        tokens = _beam_tokens if settings.num_beams > 1 else _tokens
+        for token in tokens(model, input_ids, settings, _eos_ids(model, tokenizer), limit):
             generated.append(token)
             text = tokenizer.decode(generated, skip_special_tokens=True)
             if text.endswith(INCOMPLETE):
@@ -125,9 +109,7 @@ def _tokens(model: torch.nn.Module, input_ids: list[int], settings: GenerationSe
         generator.seed()
     else:
         generator.manual_seed(settings.seed)
-    # a peft model's LoRA layers sit inside its base model: calling that directly skips PeftModel.forward's
-    # per-call work, and disable_adapter() still holds
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = _core(model)
     step_input = torch.tensor([input_ids], device=device)
     cache = None  # the KV cache (``cache``, formerly ``past_key_values``, in transformers 5)
     for _ in range(limit):
@@ -139,6 +121,27 @@ def _tokens(model: torch.nn.Module, input_ids: list[int], settings: GenerationSe
         yield token
         cache = out.cache
         step_input = torch.tensor([[token]], device=device)
+
+
+def _beam_tokens(model: torch.nn.Module, input_ids: list[int], settings: GenerationSettings, eos_ids: set[int],
+                 limit: int) -> Iterator[int]:
+    """The best beam's new token ids (up to ``limit``, ending before an eos), by transformers' beam search."""
+    device = next(model.parameters()).device
+    prompt = torch.tensor([input_ids], device=device)
+    with torch.inference_mode():
+        out = _core(model).generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=limit,
+                                    num_beams=settings.num_beams, do_sample=False, use_cache=True,
+                                    eos_token_id=sorted(eos_ids) or None, pad_token_id=min(eos_ids, default=None))
+    for token in out[0, len(input_ids):].tolist():
+        if token in eos_ids:
+            return
+        yield token
+
+
+def _core(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to call: a peft model's LoRA layers sit inside its base model, so calling that directly skips
+    PeftModel.forward's per-call work, and disable_adapter() still holds."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _next_token(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:

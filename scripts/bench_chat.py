@@ -5,12 +5,13 @@ knowledge base does not answer) measure
   - retrieval recall@k: the shared encoder's top k, re-ranked by the LM where the config says so;
   - how often the reply states the right entry's key fact (automatic match on the entry's `key`),
     for ours (LoRA + retrieval), the same base with retrieval but no LoRA, and the same base with
-    neither (side by side); for ours also by the rank retrieval gave the right entry, and on the
-    validation questions (the ones to choose settings by);
+    neither (side by side), all decoded as the config's `generation` says; for ours also by the rank
+    retrieval gave the right entry, and on the validation questions (the ones to choose settings by),
+    there with greedy decoding too where the config asks for beam search;
   - how often out-of-KB questions are handed off to a human (threshold chosen on validation);
   - perplexity on held-out dialogues before and after LoRA;
   - CPU generation speed: tokens/s of `bot.stream` against plain `model.generate` with KV cache on the
-    same prompt, and time to first token.
+    same prompt, both greedy, and time to first token; the mean time per reply as decoded.
 
 Writes reports/bench_chat.json and the README table (between the bench_chat markers).
 
@@ -22,6 +23,7 @@ Smoke run: --model <tiny LM> --encoder <tiny encoder> --data-dir <tiny copy> --m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -72,7 +74,7 @@ def speed(bot: Any, question: str, max_new_tokens: int, repeats: int) -> dict[st
         plain_time = time.perf_counter() - started
         started = time.perf_counter()
         pieces = []
-        for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens):
+        for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens, num_beams=1):
             if not pieces:
                 first.append(time.perf_counter() - started)
             pieces.append(piece)
@@ -120,15 +122,19 @@ def rerank_line(r: dict[str, Any]) -> str:
             f"{top['encoder']:.1%} before, {top['bot']:.1%} after (the table's).")
 
 
+def decoding(beams: int) -> str:
+    return f"beam search ({beams} beams)" if beams > 1 else "greedy"
+
+
 def table(r: dict[str, Any]) -> str:
-    t, s, k = r["training"], r["speed"], r["top_k"]
+    t, s, k, beams = r["training"], r["speed"], r["top_k"], r["num_beams"]
     rows = [("ours: LoRA + retrieval", r["ours"]), ("same base, no LoRA, no retrieval", r["base"])]
     if "no_lora" in r:
         rows.append(("same base, retrieval, no LoRA", r["no_lora"]))
     mark = lambda value, goal: f"{value:.1%} ({'met' if value >= goal else 'not met'}, goal {goal:.0%})"  # noqa: E731
     lines = [
         f"Test: {r['answerable']} held-out paraphrased questions about the knowledge base ({r['kb_entries']} entries) "
-        f"and {r['out_of_kb']} questions it does not answer; replies greedy, at most {r['max_new_tokens']} new tokens.",
+        f"and {r['out_of_kb']} questions it does not answer; replies by {decoding(beams)}, at most {r['max_new_tokens']} new tokens.",
         "",
         "| | states the key fact | retrieval recall@{k} | out-of-KB handed off |".replace("{k}", str(k)),
         "|---|---|---|---|",
@@ -143,7 +149,9 @@ def table(r: dict[str, Any]) -> str:
         "",
         f"Ours states the key fact, by the rank retrieval gave the right entry: {by_rank(r['ours']['replies'])}. "
         f"On the {r['ours_validation']['questions']} answerable validation questions (which choose settings): "
-        f"{r['ours_validation']['key_fact_rate']:.1%}.",
+        f"{r['ours_validation']['key_fact_rate']:.1%}"
+        + (f" ({decoding(beams)}; greedy: {r['ours_validation_greedy']['key_fact_rate']:.1%})."
+           if "ours_validation_greedy" in r else "."),
         rerank_line(r),
         f"Answerable test questions handed off by mistake: {r['false_handoff_rate']:.1%}; hand-off threshold "
         f"{r['threshold']:.3f} (cosine), chosen on the validation questions.",
@@ -154,7 +162,8 @@ def table(r: dict[str, Any]) -> str:
         f"{s['stream_tokens_per_s']:.1f} tokens/s vs `model.generate` with KV cache {s['generate_tokens_per_s']:.1f} "
         f"tokens/s ({s['stream_tokens_per_s'] / s['generate_tokens_per_s']:.2f}x); time to first token "
         f"{s['time_to_first_token_s'] * 1000:.0f} ms (prompt and prefill), after retrieval "
-        f"{s['retrieval_s'] * 1000:.0f} ms{' (with the re-ranking)' if r['rerank']['depth'] and r['rerank']['weight'] else ''}.",
+        f"{s['retrieval_s'] * 1000:.0f} ms{' (with the re-ranking)' if r['rerank']['depth'] and r['rerank']['weight'] else ''}. "
+        f"Ours takes {r['ours']['wall_time_s'] / r['ours']['questions']:.1f} s per test reply, by {decoding(beams)}.",
     ]
     return "\n".join(lines)
 
@@ -204,6 +213,7 @@ def main() -> None:
         print("== training", flush=True)
         training = train_chat(**args)
     bot = load_chatbot(opts.out)
+    bot.settings = args["generation"]  # the config decodes, also for a model trained before it said how (--trained)
     questions = load_questions(data / "test.jsonl")
     answerable = [q for q in questions if q.kb is not None]
     out_of_kb = [q for q in questions if q.kb is None]
@@ -217,13 +227,18 @@ def main() -> None:
     print("== replies: ours, validation questions", flush=True)
     validation = [q for q in load_questions(data / "valid.jsonl") if q.kb is not None]
     runs["ours_validation"] = answer_all(bot, validation, True, True, opts.max_new_tokens)
+    if bot.settings.num_beams > 1:
+        print("== replies: ours, validation questions, greedy", flush=True)
+        bot.settings = dataclasses.replace(bot.settings, num_beams=1)
+        runs["ours_validation_greedy"] = answer_all(bot, validation, True, True, opts.max_new_tokens)
+        bot.settings = args["generation"]
     print("== speed", flush=True)
     recall = recall_at(bot, answerable, [1, k])
     report = {
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args["model"],
         "encoder": args["encoder"], "data_dir": str(data), "kb_entries": len(bot.retriever.kb),
         "answerable": len(answerable), "out_of_kb": len(out_of_kb), "top_k": k, "threshold": bot.threshold,
-        "max_new_tokens": opts.max_new_tokens, "recall": recall[f"recall@{k}"]["bot"],
+        "max_new_tokens": opts.max_new_tokens, "num_beams": bot.settings.num_beams, "recall": recall[f"recall@{k}"]["bot"],
         "rerank": {"depth": bot.rerank_depth, "weight": bot.rerank_weight, **recall},
         "handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is None) / max(1, len(out_of_kb)),
         "false_handoff_rate": sum(h for q, h in zip(questions, handed) if q.kb is not None) / len(answerable),

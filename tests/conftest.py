@@ -237,14 +237,14 @@ def support_files(root: Path) -> dict[str, Path]:
 
 
 def train_tiny_chat(out: Path, lm: Path, encoder: Path, files: dict[str, Path]) -> dict:
-    """``train_chat`` on ``support_files`` for 2 epochs (top 2 passages of 3 the LM re-ranks), saved to ``out``;
-    returns the summary."""
+    """``train_chat`` on ``support_files`` for 2 epochs (top 2 passages of 3 the LM re-ranks; replies by a 2-beam
+    search), saved to ``out``; returns the summary."""
     from ecomnlp.chat_training import train_chat
-    from ecomnlp.config import ChatDataConfig, RetrievalSettings, TrainerSettings
+    from ecomnlp.config import ChatDataConfig, GenerationSettings, RetrievalSettings, TrainerSettings
 
     data = ChatDataConfig(train=str(files["train"]), kb=str(files["kb"]), questions=str(files["questions"]),
                           top_k=2, batch_size=4, valid_fraction=0.25)
     trainer = TrainerSettings(max_epochs=2, lr=5e-3, progress_bar=False, accelerator="cpu", devices=1,
                               log_every_n_steps=1)
     return train_chat(data, str(out), model=str(lm), encoder=str(encoder), store="Test Shop", trainer=trainer,
-                      retrieval=RetrievalSettings(rerank=3))
+                      retrieval=RetrievalSettings(rerank=3), generation=GenerationSettings(max_new_tokens=32, num_beams=2))

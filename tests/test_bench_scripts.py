@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from conftest import NEGATIVE, POSITIVE, SUPPORT_DIALOGUES, SUPPORT_KB, SUPPORT_QUESTIONS, write_csv, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +111,8 @@ def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
     assert all(len(reply["sources"]) == 3 for reply in r["ours"]["replies"])
     assert 0 <= r["recall"] <= 1 and 0 <= r["handoff_rate"] <= 1 and r["training"]["steps"] == 2
     assert r["speed"]["stream_tokens_per_s"] > 0 and r["speed"]["generate_tokens_per_s"] > 0
+    beams = yaml.safe_load((ROOT / "configs/support_chat.yaml").read_text())["generation"]["num_beams"]
+    assert r["num_beams"] == beams and ("ours_validation_greedy" in r) == (beams > 1)  # decoded as the config says
 
     # --trained measures the same chat directory again, without training; the card gives the training figures
     mtime = (tmp_path / "bot" / "adapter_model.safetensors").stat().st_mtime_ns

@@ -62,9 +62,9 @@ def ids_of(tokenizer, name: str) -> list[int]:
     return prompt_ids(tokenizer, PROMPTS[name], 200)
 
 
-def hf_greedy(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
+def hf_greedy(model, tokenizer, ids: list[int], max_new_tokens: int, num_beams: int = 1) -> str:
     out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         max_new_tokens=max_new_tokens, do_sample=False)
+                         max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams)
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
@@ -86,6 +86,22 @@ def test_greedy_matches_hf_generate_with_lora(model, tokenizer) -> None:
     text = generate_text(peft_model, tokenizer, ids, settings)
     assert text == hf_greedy(peft_model, tokenizer, ids, 30)
     assert text != generate_text(model, tokenizer, ids, settings)  # the adapter is in use
+
+
+def test_beam_search_matches_hf_beam_search(model, tokenizer) -> None:
+    differs = False
+    for name in sorted(PROMPTS):
+        ids = ids_of(tokenizer, name)
+        settings = GenerationSettings(max_new_tokens=30, num_beams=4)
+        text = "".join(stream(model, tokenizer, ids, settings))
+        assert len(text) > 10 and text == hf_greedy(model, tokenizer, ids, 30, num_beams=4)
+        differs |= text != generate_text(model, tokenizer, ids, GenerationSettings(max_new_tokens=30))
+    assert differs  # the search is not greedy decoding under another name
+    ids = ids_of(tokenizer, "en")
+    text = generate_text(model, tokenizer, ids, GenerationSettings(max_new_tokens=30, num_beams=4))
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert generate_text(model, tokenizer, ids, GenerationSettings(max_new_tokens=30, num_beams=4, stop=[stop])) == \
+        text[:text.find(stop)]
 
 
 @pytest.mark.parametrize("settings", [GenerationSettings(max_new_tokens=40),
@@ -186,8 +202,9 @@ def test_one_forward_per_token_in_eval_mode_restored_after(model, tokenizer) -> 
 
 
 def test_settings_are_checked() -> None:
-    for bad in [{"max_new_tokens": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}]:
-        with pytest.raises(ValueError, match=next(iter(bad))):
+    for bad in [{"max_new_tokens": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"num_beams": 0},
+                {"num_beams": 2, "temperature": 0.7}]:
+        with pytest.raises(ValueError, match=next(reversed(bad))):
             GenerationSettings(**bad)
 
 

@@ -1,5 +1,5 @@
 """The support chatbot end to end on tiny models: grounded SFT examples, train → save → load → same
-greedy reply, hand-off below the threshold, streaming, PII-masked logs and the CLI commands."""
+reply (as the card says to decode), hand-off below the threshold, streaming, PII-masked logs and the CLI commands."""
 from __future__ import annotations
 
 import json
@@ -55,7 +55,7 @@ def test_each_reply_is_one_example_with_loss_on_it_only(tiny_lm: Path, tiny_enco
     assert "where is my refund" not in tokenizer.decode(long.ids[1]) and "and returns?" in tokenizer.decode(long.ids[1])
 
 
-def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict], tiny_lm: Path) -> None:
+def test_train_save_load_gives_the_same_reply(trained: tuple[Path, dict], tiny_lm: Path) -> None:
     import ecomnlp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -79,6 +79,7 @@ def test_train_save_load_gives_the_same_greedy_reply(trained: tuple[Path, dict],
         ("can I return a lamp?", "returns"), ("when does my order ship?", "shipping"), ("where is my refund?", "refunds"),
         ("and returns?", "returns"), ("可以退货吗", "tuihuo")}
     assert bot.retriever.question_vectors.shape[0] == 5
+    assert card["generation"]["num_beams"] == bot.settings.num_beams == 2  # decoded as trained to: 2 beams
     example = card["example"]
     assert example["content"] and not example["handoff"]  # a generated reply, not the fixed hand-off text
     reply = bot.chat([{"role": "user", "content": example["question"]}])
@@ -98,9 +99,10 @@ def test_handoff_below_threshold_and_streaming(trained: tuple[Path, dict]) -> No
     assert handed["handoff"] and handed["sources"] == [] and "human" in handed["content"]
     assert "人工" in bot.task.handoff("可以退货吗")  # the hand-off speaks the customer's language
     bot.threshold = score - 1e-3
-    answered = bot.chat(messages, max_new_tokens=12)
-    assert not answered["handoff"] and len(answered["sources"]) == 2
-    assert "".join(bot.stream(messages, max_new_tokens=12)).strip() == answered["content"]
+    for beams in (1, 2):  # greedy, and the card's beam search
+        answered = bot.chat(messages, max_new_tokens=12, num_beams=beams)
+        assert not answered["handoff"] and len(answered["sources"]) == 2
+        assert "".join(bot.stream(messages, max_new_tokens=12, num_beams=beams)).strip() == answered["content"]
     bot.use_retrieval = False  # the baseline: no passages at all
     assert bot.chat(messages, max_new_tokens=4)["sources"] == []
 
