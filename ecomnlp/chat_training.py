@@ -236,8 +236,8 @@ def train_chat(
     causal LM's adapter learns the replies, each grounded on the passages that retriever finds.
     The directory holds the LM adapter (peft format), the retrieval adapter (``retrieval/``),
     ``card.json`` (base model and encoder with checksums, retrieval settings, the hand-off threshold, how the bot
-    decodes its replies (``generation``), perplexity before and after) and a copy of the knowledge base, so ``ecomnlp.load(out)`` needs
-    nothing else.
+    decodes its replies (``generation``), perplexity before and after) and a copy of the knowledge base, so
+    ``ecomnlp.load(out)`` needs nothing else.
     """
     import lightning as L
     from peft import get_peft_model
