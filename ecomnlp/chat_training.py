@@ -21,7 +21,8 @@ from torchmetrics.text import Perplexity
 
 from .artifact import CHAT_KIND, atomic_dir, base_checksum, write_card
 from .chat_data import IGNORE_INDEX, Dialogue, Message, load_dialogues, load_questions, render
-from .config import LLAMA_LORA, ChatDataConfig, GenerationSettings, LoraSettings, RetrievalSettings, TrainerSettings
+from .config import (CHAT_GENERATION, LLAMA_LORA, ChatDataConfig, GenerationSettings, LoraSettings, RetrievalSettings,
+                     TrainerSettings)
 from .data import DataError, LengthGroupedBatches
 from .knowledge import Entry, KnowledgeBase, Retriever, choose_threshold
 from .models import resolve
@@ -192,7 +193,7 @@ def retrieval_report(retriever: Retriever, questions_path: str, k: int, lm: Any 
 
 def example_reply(model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int, retrieval: dict[str, Any],
                   dialogues: Sequence[Dialogue], rerank: int = 0,
-                  generation: GenerationSettings = GenerationSettings()) -> dict[str, Any]:
+                  generation: GenerationSettings = CHAT_GENERATION) -> dict[str, Any]:
     """The trained bot's reply (decoded with ``generation``, which should be deterministic) to the first held-out
     question it does not hand off (else the first question), kept in the card: a loaded model must give the same."""
     from .chatbot import SupportBot
@@ -226,7 +227,7 @@ def train_chat(
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
     retrieval: RetrievalSettings = RetrievalSettings(),
-    generation: GenerationSettings = GenerationSettings(max_new_tokens=128),
+    generation: GenerationSettings = CHAT_GENERATION,
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter of ``model`` on grounded support dialogues; save the chat directory ``out``.
 

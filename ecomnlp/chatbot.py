@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 from .artifact import check_base, read_card
 from .chat_data import Message, Question
 from .chat_training import KB_FILE, RETRIEVAL_DIR, context_window, grounded, load_causal_lm, support_task
-from .config import GenerationSettings
+from .config import CHAT_GENERATION, GenerationSettings
 from .data import DataError
 from .generation import prompt_ids, stream
 from .knowledge import Hit, KnowledgeBase, Retriever
@@ -56,7 +56,7 @@ class SupportBot:
     """
 
     def __init__(self, model: Any, tokenizer: Any, retriever: Retriever, task: Any, top_k: int,
-                 threshold: float | None, settings: GenerationSettings = GenerationSettings(max_new_tokens=128),
+                 threshold: float | None, settings: GenerationSettings = CHAT_GENERATION,
                  rerank_depth: int = 0, rerank_weight: float = 0.0) -> None:
         self.model, self.tokenizer, self.retriever, self.task = model.eval(), tokenizer, retriever, task
         self.top_k, self.threshold, self.settings = top_k, threshold, settings
@@ -209,7 +209,7 @@ def load_chatbot(path: str | Path, kb: str | Path | None = None, device: str = "
     retriever = Retriever(knowledge, enc["name"], backbone=backbone.to(device),
                           query_prefix=enc["query_prefix"], passage_prefix=enc["passage_prefix"], adapter=enc["adapter"])
     retrieval = card["retrieval"]
-    settings = GenerationSettings(**card.get("generation", {"max_new_tokens": 128}))  # older cards: greedy
+    settings = GenerationSettings(**card["generation"]) if "generation" in card else CHAT_GENERATION  # older cards
     return SupportBot(model, tokenizer, retriever, support_task(card["store"]), retrieval["top_k"],
                       retrieval["threshold"], settings, rerank_depth=retrieval.get("rerank", 0),
                       rerank_weight=retrieval.get("rerank_weight", 0.0))

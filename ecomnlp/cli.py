@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .config import (LLAMA_LORA, ChatDataConfig, DataConfig, GenerationSettings, LoraSettings, RetrievalSettings,
-                     TaskSpec, TrainerSettings)
+from .config import (CHAT_GENERATION, LLAMA_LORA, ChatDataConfig, DataConfig, GenerationSettings, LoraSettings,
+                     RetrievalSettings, TaskSpec, TrainerSettings)
 from .tasks.fraud_settings import FRAUD_TRAINER, Detector, FraudData, Mode, NetworkSettings, ThresholdSettings
 from .tasks.ranking_settings import RECO_TRAINER, SEARCH_TRAINER, RecoData, RecoNetwork, SearchData, SearchNetwork
 
@@ -118,7 +118,7 @@ def train_chat_command(
     lora: LoraSettings = LLAMA_LORA,
     trainer: TrainerSettings = TrainerSettings(lr=2e-4, max_epochs=3),
     retrieval: RetrievalSettings = RetrievalSettings(),
-    generation: GenerationSettings = GenerationSettings(max_new_tokens=128),
+    generation: GenerationSettings = CHAT_GENERATION,
 ) -> None:
     """Fine-tune a support chatbot's LoRA adapter on dialogues grounded on a knowledge base; save ``out``.
 

@@ -144,3 +144,6 @@ class GenerationSettings:
         if self.num_beams > 1 and self.temperature != 0:
             raise ValueError(f"beam search (num_beams={self.num_beams}) is deterministic: temperature must be 0, "
                              f"got {self.temperature}")
+
+
+CHAT_GENERATION = GenerationSettings(max_new_tokens=128)  # a support bot's replies unless its card says otherwise
