@@ -89,7 +89,7 @@ class SupportBot:
     def stream(self, messages: list[Message], grounding: Grounding | None = None, **settings: Any) -> Iterator[str]:
         """The reply to the last user message, in pieces as they are generated. ``grounding`` is
         ``self.ground(messages)`` unless given; ``settings`` override the ``GenerationSettings`` fields
-        (max_new_tokens, temperature, top_p, stop, seed)."""
+        (max_new_tokens, temperature, top_p, stop, seed, num_beams)."""
         grounding = grounding or self.ground(messages)
         if grounding.handoff:
             yield self.task.handoff(grounding.question)

@@ -140,7 +140,7 @@ def train_chat_command(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
-def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
+def chat_command(model: str, kb: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, num_beams: int | None = None, log: str | None = None) -> None:
     """Talk to a trained support chatbot in the terminal; replies stream as they are generated (with beam search,
     each reply shows when its search ends).
@@ -148,7 +148,7 @@ def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, t
     Args:
         model: chat directory from ``ecomnlp train-chat``.
         kb: knowledge base (JSONL or Markdown file, or a folder) to use instead of the one saved with it.
-        max_new_tokens: longest reply, in tokens.
+        max_new_tokens: longest reply, in tokens; default: as the bot was trained to decode.
         temperature: 0 for deterministic greedy replies; above 0 samples (with top_p).
         top_p: nucleus sampling mass.
         num_beams: beams of a deterministic beam search (1: greedy); default: as the bot was trained to decode,
@@ -160,6 +160,7 @@ def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, t
 
     bot = load_chatbot(model, kb)
     beams = num_beams if num_beams is not None else 1 if temperature > 0 else bot.settings.num_beams
+    longest = max_new_tokens if max_new_tokens is not None else bot.settings.max_new_tokens
     messages: list[dict[str, str]] = []
     print("Type your question; an empty line or Ctrl-D ends the chat.")
     while True:
@@ -173,7 +174,7 @@ def chat_command(model: str, kb: str | None = None, max_new_tokens: int = 128, t
         grounding = bot.ground(messages)
         print("bot> ", end="", flush=True)
         pieces = []
-        for piece in bot.stream(messages, grounding, max_new_tokens=max_new_tokens, temperature=temperature,
+        for piece in bot.stream(messages, grounding, max_new_tokens=longest, temperature=temperature,
                                 top_p=top_p, num_beams=beams):
             pieces.append(piece)
             print(piece, end="", flush=True)
