@@ -3,6 +3,7 @@
     adapter_config.json, adapter_model.safetensors   the LoRA adapter, in peft's own format
     head.safetensors                                  the task head (not for chat models)
     card.json                                         task, labels, base model + checksum, schema, metrics
+    lexical.json, lexical.safetensors                 classifiers with a lexical part (ecomnlp/lexical.py)
     kb.jsonl                                          chat models: the knowledge base they were trained on
     features.json, model.safetensors                  fraud tasks: the feature pipeline and the scorer's weights
                                                       (the adapter only when the task has text fields)
@@ -116,13 +117,19 @@ def write_card(directory: Path, card: dict[str, Any]) -> None:
                                   encoding="utf-8")
 
 
-def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any]) -> Path:
-    """Write the task directory ``out`` atomically: readers see the old one or the new one."""
+def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any],
+                  lexical: Any = None) -> Path:
+    """Write the task directory ``out`` atomically: readers see the old one or the new one.
+    ``lexical``: a classifier's lexical part (``ecomnlp.lexical.Lexical``), or None."""
     from safetensors.torch import save_file
 
     with atomic_dir(out) as tmp:
         backbone.save_adapter(adapter, tmp)
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD))
+        if lexical is not None:
+            from .lexical import save_lexical
+
+            save_lexical(lexical, tmp)
         write_card(tmp, card)
     return Path(out)
 
@@ -152,6 +159,10 @@ def required_files(card: dict[str, Any]) -> tuple[str, ...]:
         adapter = ADAPTER_FILES if card.get("lora") else ()
         users = ("user_features.json", "users.safetensors") if kind == RECO_KIND else ()
         return ("item_features.json", MODEL_WEIGHTS, "catalogue.safetensors", *users, *adapter)
+    if card.get("lexical"):
+        from .lexical import LEXICAL_FILES
+
+        return (*ADAPTER_FILES, HEAD, *LEXICAL_FILES)
     return (*ADAPTER_FILES, HEAD)
 
 

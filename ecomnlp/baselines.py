@@ -30,14 +30,9 @@ def tfidf_vectorizer(texts: Sequence[str]) -> TfidfVectorizer:
 def tfidf_logits(train_texts: Sequence[str], train_targets: Sequence[int], test_texts: Sequence[str],
                  num_classes: int) -> torch.Tensor:
     """Log-probabilities [n_test, num_classes] of TF-IDF + LR: char 1-3-grams for CJK text, else word 1-2-grams."""
-    from sklearn.linear_model import LogisticRegression
+    from .lexical import fit_lexical
 
-    vectorizer = tfidf_vectorizer(train_texts)
-    model = LogisticRegression(C=10.0, max_iter=2000).fit(vectorizer.fit_transform(train_texts), train_targets)
-    probs = model.predict_proba(vectorizer.transform(test_texts))
-    out = torch.full((len(test_texts), num_classes), 1e-12, dtype=torch.float64)
-    out[:, torch.as_tensor(model.classes_)] = torch.as_tensor(probs)
-    return out.log().float()
+    return fit_lexical(train_texts, train_targets, num_classes).log_probs(test_texts)
 
 
 def tfidf_kmeans(texts: Sequence[str], k: int, seed: int = 0) -> np.ndarray:

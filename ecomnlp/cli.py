@@ -54,6 +54,7 @@ def train_command(
     pooling: Literal["mean", "cls"] = "mean",
     lora: LoraSettings = LoraSettings(),
     trainer: TrainerSettings = TrainerSettings(),
+    lexical: bool = False,
 ) -> None:
     """Train one task's LoRA adapter + head on a frozen base model; save the task directory ``out``.
 
@@ -66,10 +67,12 @@ def train_command(
         pooling: how token vectors become one vector.
         lora: adapter hyper-parameters.
         trainer: optimisation and Lightning settings.
+        lexical: single-label classifiers: blend in a TF-IDF + logistic-regression part fitted on the
+            training rows, its weight chosen on validation (see ``ecomnlp add-lexical``).
     """
     from .training import train as run
 
-    summary = run(task, data, out, model, task_options, pooling, lora, trainer)
+    summary = run(task, data, out, model, task_options, pooling, lora, trainer, lexical=lexical)
     if "metrics" in summary:  # only the process that saved (rank 0) reports
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
@@ -218,6 +221,24 @@ def finetune_command(
     summary = finetune(source, config, out, examples, old_test, trainer)
     if "metrics" in summary:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def add_lexical_command(source: str, data: DataConfig, out: str, seed: int = 42) -> None:
+    """Add a lexical part to a trained single-label classifier; save it as a new task directory.
+
+    A TF-IDF + logistic-regression model is fitted on ``data.train`` and blended with the encoder's
+    probabilities, its weight chosen on ``data.valid``; prints validation (and test) metrics of the blend,
+    the encoder alone and the lexical model alone.
+
+    Args:
+        source: trained task directory (also accepted as ``--from``); it is not changed.
+        data: the training, validation (and test) files; columns default to the source's mapping.
+        out: new task directory to write.
+        seed: picks the rows when ``data.max_train_examples`` caps them, or the validation share of train.
+    """
+    from .training import add_lexical
+
+    print(json.dumps(add_lexical(source, data, out, seed), indent=2, ensure_ascii=False))
 
 
 def merge_command(models: list[str], weights: list[float], out: str, combination: str = "cat") -> None:
@@ -468,14 +489,14 @@ COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_com
             "train-multitask": train_multitask_command, "train-chat": train_chat_command,
             "train-fraud": train_fraud_command, "train-reco": train_reco_command,
             "train-search": train_search_command, "chat": chat_command,
-            "finetune": finetune_command, "merge": merge_command,
+            "finetune": finetune_command, "add-lexical": add_lexical_command, "merge": merge_command,
             "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}
 
 
 # Flags given under another name: `from` is a Python keyword, and jsonargparse keeps `config`
 # for a file of the command's own arguments, while cv and tune read a train config.
-_FLAGS = {"finetune": ("--from", "--source"), "cv": ("--config", "--train_config"),
+_FLAGS = {"finetune": ("--from", "--source"), "add-lexical": ("--from", "--source"), "cv": ("--config", "--train_config"),
           "tune": ("--config", "--train_config")}
 
 

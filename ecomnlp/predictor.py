@@ -11,6 +11,7 @@ from torch import nn
 from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, RECO_KIND, SEARCH_KIND, check_base, read_card
 from .backbone import Backbone, Pooling
 from .data import LengthGroupedBatches, collate, tokenize
+from .lexical import Lexical, joined, load_lexical
 from .models import resolve
 from .task import Task, build_task
 
@@ -79,8 +80,10 @@ def predict_logits(
 class TaskModel:
     """One trained task: ``predict`` texts (or dicts of text fields) to decoded outputs."""
 
-    def __init__(self, backbone: Backbone, adapter: str, task: Task, head: nn.Module, card: dict[str, Any]) -> None:
+    def __init__(self, backbone: Backbone, adapter: str, task: Task, head: nn.Module, card: dict[str, Any],
+                 lexical: Lexical | None = None) -> None:
         self.backbone, self.adapter, self.task, self.head, self.card = backbone, adapter, task, head, card
+        self.lexical = lexical  # a classifier's lexical part, blended into its logits (ecomnlp.lexical)
 
     @property
     def max_length(self) -> int:
@@ -96,7 +99,8 @@ class TaskModel:
                 device = next(self.head.parameters()).device
                 return self.head(torch.zeros(0, self.backbone.hidden_size, device=device)).float().cpu()
         ids = tokenize(self.backbone.tokenizer, texts, self.max_length)
-        return predict_logits(self.backbone, self.adapter, self.head, ids, batch_size, self.card["pooling"])
+        logits = predict_logits(self.backbone, self.adapter, self.head, ids, batch_size, self.card["pooling"])
+        return self.lexical.blend(logits, joined(texts)) if self.lexical is not None else logits
 
     def predict(self, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:
         return self.task.decode(self.logits(inputs, batch_size))
@@ -143,7 +147,7 @@ def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = Fa
     head.load_state_dict(load_file(str(Path(path) / HEAD)))
     head.to(next(backbone.parameters()).device).eval()
     backbone.load_adapter(name, path, trainable=trainable)
-    return TaskModel(backbone, name, task, head, card)
+    return TaskModel(backbone, name, task, head, card, load_lexical(path) if card.get("lexical") else None)
 
 
 def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:

@@ -17,6 +17,7 @@ from .artifact import base_checksum, save_artifact
 from .backbone import Backbone, Pooling, lora_config
 from .config import DataConfig, LoraSettings, TrainerSettings
 from .data import LengthGroupedBatches, Rows, choose_max_length, collate, encode_targets, load_rows, tokenize
+from .lexical import Lexical, check_blendable, choose_weight, fit_lexical, joined
 from .models import resolve
 from .predictor import predict_logits
 from .task import Task, build_task, task_state
@@ -26,10 +27,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    """One tokenized split: token ids and targets, row-aligned."""
+    """One tokenized split: token ids, targets and the row texts (text fields joined), row-aligned."""
 
     ids: list[list[int]]
     targets: list[Any]
+    texts: list[str] = dataclasses.field(default_factory=list)
 
     def batch(self, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         out = collate([self.ids[i] for i in index], pad_id)
@@ -94,7 +96,8 @@ def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed
              "valid_file": valid_source, "valid_examples": len(valid_rows), "max_length": max_length}
 
     def split(rows: Rows) -> Split:
-        return Split(tokenize(tokenizer, rows.texts, max_length), encode_targets(rows, task, label_column))
+        return Split(tokenize(tokenizer, rows.texts, max_length), encode_targets(rows, task, label_column),
+                     joined(rows.texts))
 
     test = split(load_rows(data.test, task, data.columns, data.on_bad_row)) if data.test else None
     rest = split(rest_rows) if rest_rows is not None else None
@@ -255,17 +258,52 @@ def _fit_module(module: TrainableModule, datamodule: L.LightningDataModule, sett
 
 
 def score(backbone: Backbone, task: Task, head: nn.Module, split: Split, pooling: Pooling,
-          batch_size: int, adapter: str | None = None) -> dict[str, float]:
+          batch_size: int, adapter: str | None = None, lexical: Lexical | None = None) -> dict[str, Any]:
     """The task's metrics on a tokenized split, through the prediction path (``adapter``: default the task's name)."""
     logits = predict_logits(backbone, adapter or task.name, head, split.ids, batch_size, pooling)
-    metrics = {k: v.item() for k, v in task.metrics()(logits, torch.tensor(split.targets)).items()}
-    return {**metrics, "examples": len(split.ids)}
+    return split_metrics(task, logits, split, lexical)
+
+
+def split_metrics(task: Task, logits: torch.Tensor, split: Split, lexical: Lexical | None = None) -> dict[str, Any]:
+    """The task's metrics of the encoder's ``logits`` on ``split``; with ``lexical``, those of the blend,
+    with the encoder's own (``encoder``) and the lexical model's own (``lexical``) beside them."""
+    targets = torch.tensor(split.targets)
+
+    def metrics(values: torch.Tensor) -> dict[str, float]:
+        return {k: v.item() for k, v in task.metrics()(values, targets).items()}
+
+    if lexical is None:
+        return {**metrics(logits), "examples": len(split.ids)}
+    lexical_log_probs = lexical.log_probs(split.texts)
+    return {**metrics(lexical.blend(logits, split.texts)), "examples": len(split.ids), "encoder": metrics(logits),
+            "lexical": metrics(lexical_log_probs)}
+
+
+def fit_blend(task: Task, train: Split, valid: Split, valid_logits: torch.Tensor) -> Lexical:
+    """A lexical part fitted on ``train``, its blend weight chosen on ``valid`` (the encoder's ``valid_logits``)."""
+    check_blendable(task)
+    lexical = fit_lexical(train.texts, train.targets, len(task.labels))
+    lexical.weight = choose_weight(valid_logits, lexical.log_probs(valid.texts), torch.tensor(valid.targets))
+    log.info("lexical part: %d features, blend weight %.2f (chosen on validation)",
+             len(lexical.vectorizer.vocabulary_), lexical.weight)
+    return lexical
+
+
+def _scores_with_blend(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, pooling: Pooling,
+                       batch_size: int, lexical: bool) -> tuple[dict[str, Any], Lexical | None]:
+    """Validation (and test) metrics of the trained task; with ``lexical``, first fit its lexical part."""
+    valid_logits = predict_logits(backbone, task.name, head, prepared.valid.ids, batch_size, pooling)
+    part = fit_blend(task, prepared.train, prepared.valid, valid_logits) if lexical else None
+    metrics = {"valid": split_metrics(task, valid_logits, prepared.valid, part)}
+    if prepared.test is not None:
+        metrics["test"] = score(backbone, task, head, prepared.test, pooling, batch_size, lexical=part)
+    return metrics, part
 
 
 def _card(task: Task, data: DataConfig, model: str, base_dir: Path, pooling: Pooling, lora: dict[str, Any],
           prepared: Prepared, fit: L.Trainer, best: str, seed: int, metrics: dict[str, Any],
-          wall_time_s: float) -> dict[str, Any]:
-    return {
+          wall_time_s: float, lexical: Lexical | None = None) -> dict[str, Any]:
+    card = {
         "task": task.name,
         "task_state": task_state(task),
         "schema": dataclasses.asdict(task.schema),
@@ -280,6 +318,9 @@ def _card(task: Task, data: DataConfig, model: str, base_dir: Path, pooling: Poo
         "ecomnlp_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if lexical is not None:
+        card["lexical"] = lexical.describe()
+    return card
 
 
 def train(
@@ -292,12 +333,14 @@ def train(
     lora: LoraSettings = LoraSettings(),
     trainer: TrainerSettings = TrainerSettings(),
     rows: tuple[Rows, Rows] | None = None,
+    lexical: bool = False,
 ) -> dict[str, Any]:
     """Train one task's LoRA adapter and head on the frozen base; save the task directory ``out``.
 
     Logs and checkpoints go to ``<out>.train/``; the returned summary holds the metrics.
     ``rows``: (train, valid) rows already loaded and checked, read instead of the train and
-    valid files (cross-validation folds).
+    valid files (cross-validation folds). ``lexical``: then fit a lexical part (``ecomnlp.lexical``)
+    on the training rows and blend it in, its weight chosen on validation.
     """
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
@@ -305,6 +348,8 @@ def train(
     backbone = Backbone(base_dir)
     the_task = build_task(task, task_options)
     prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed, rows=rows)
+    if lexical:
+        check_blendable(the_task)  # before the long part
     backbone.add_adapter(the_task.name, lora_config(lora))
     head = the_task.build_head(backbone.hidden_size)
     out_path = Path(out)
@@ -312,13 +357,11 @@ def train(
     summary: dict[str, Any] = {"out": str(out_path), "steps": fit.global_step, **prepared.stats}
     if not fit.is_global_zero:
         return summary
-    metrics = {"valid": score(backbone, the_task, head, prepared.valid, pooling, data.eval_batch_size)}
-    if prepared.test is not None:
-        metrics["test"] = score(backbone, the_task, head, prepared.test, pooling, data.eval_batch_size)
+    metrics, part = _scores_with_blend(backbone, the_task, head, prepared, pooling, data.eval_batch_size, lexical)
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
     card = _card(the_task, data, model, base_dir, pooling, dataclasses.asdict(lora), prepared, fit, best,
-                 trainer.seed, metrics, summary["wall_time_s"])
-    save_artifact(out_path, backbone, the_task.name, head, card)
+                 trainer.seed, metrics, summary["wall_time_s"], part)
+    save_artifact(out_path, backbone, the_task.name, head, card, part)
     return summary
 
 
@@ -335,7 +378,8 @@ def finetune(
     The source directory is left unchanged. ``examples`` caps the new training rows (a seeded
     random subset); without ``data.test`` the new rows not trained on are the held-out test.
     Before and after fine-tuning, the task is scored on the new held-out rows and, given
-    ``old_test``, on the old domain's test file (forgetting).
+    ``old_test``, on the old domain's test file (forgetting). A lexical part of the source is
+    refitted on the new training rows, its weight chosen again on the new validation rows.
     """
     from .artifact import read_card
     from .predictor import attach, backbone_for
@@ -357,27 +401,61 @@ def finetune(
         old = load_rows(old_test, the_task, card.get("columns", {}), data.on_bad_row)
         label_column = card.get("columns", {}).get(the_task.schema.label, the_task.schema.label)
         held_out["old_domain"] = Split(tokenize(backbone.tokenizer, old.texts, prepared.max_length),
-                                       encode_targets(old, the_task, label_column))
+                                       encode_targets(old, the_task, label_column), joined(old.texts))
 
-    def report() -> dict[str, dict[str, float]]:
-        return {name: score(backbone, the_task, head, split, pooling, data.eval_batch_size)
+    def report(lexical: Lexical | None) -> dict[str, dict[str, float]]:
+        return {name: score(backbone, the_task, head, split, pooling, data.eval_batch_size, lexical=lexical)
                 for name, split in held_out.items()}
 
-    before = report()
+    before = report(model.lexical)
     backbone.use(the_task.name, trainable=True)
     out_path = Path(out)
     fit, best = _fit(backbone, the_task, head, prepared, data, trainer, pooling, out_path)
     summary: dict[str, Any] = {"out": str(out_path), "source": str(source), "steps": fit.global_step, **prepared.stats}
     if not fit.is_global_zero:
         return summary
-    metrics = {"valid": score(backbone, the_task, head, prepared.valid, pooling, data.eval_batch_size),
-               "before": before, "after": report()}
+    valid_logits = predict_logits(backbone, the_task.name, head, prepared.valid.ids, data.eval_batch_size, pooling)
+    part = fit_blend(the_task, prepared.train, prepared.valid, valid_logits) if model.lexical else None
+    metrics = {"valid": split_metrics(the_task, valid_logits, prepared.valid, part), "before": before,
+               "after": report(part)}
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
     new_card = _card(the_task, data, card["base_model"]["name"], backbone.base_dir, pooling, card["lora"], prepared,
-                     fit, best, trainer.seed, metrics, summary["wall_time_s"])
+                     fit, best, trainer.seed, metrics, summary["wall_time_s"], part)
     new_card["finetuned_from"] = {"path": str(source), "created": card.get("created"), "metrics": card.get("metrics")}
-    save_artifact(out_path, backbone, the_task.name, head, new_card)
+    save_artifact(out_path, backbone, the_task.name, head, new_card, part)
     return summary
+
+
+def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict[str, Any]:
+    """Add a lexical part to a trained task (``ecomnlp.lexical``) and save it as a new task directory ``out``.
+
+    The lexical model is fitted on ``data.train`` (capped by ``data.max_train_examples`` as training caps it, with
+    ``seed``), its blend weight chosen on ``data.valid`` (else ``data.valid_fraction`` of train); the
+    encoder's adapter and head are copied unchanged. The source directory is left unchanged. The summary
+    holds validation (and, given ``data.test``, test) metrics of the blend, the encoder alone and the lexical
+    model alone.
+    """
+    from .artifact import read_card
+    from .predictor import attach, backbone_for
+
+    started = time.perf_counter()
+    card = read_card(source)
+    backbone = backbone_for(source, None, "cpu")
+    model = attach(backbone, source, card["task"])
+    check_blendable(model.task)
+    data = dataclasses.replace(data, columns=data.columns or card.get("columns", {}), max_length=card["max_length"])
+    prepared = prepare(model.task, data, backbone.tokenizer, backbone.max_positions, seed, fit_task=False)
+    metrics, part = _scores_with_blend(backbone, model.task, model.head, prepared, card["pooling"],
+                                       data.eval_batch_size, lexical=True)
+    wall = round(time.perf_counter() - started, 1)
+    new_card = {**card, "lexical": {**part.describe(), "train_file": prepared.stats["train_file"],
+                                    "train_examples": prepared.stats["train_examples"],
+                                    "valid_file": prepared.stats["valid_file"], "wall_time_s": wall},
+                "metrics": metrics, "lexical_added_to": {"path": str(source), "metrics": card.get("metrics")},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_artifact(out, backbone, model.adapter, model.head, new_card, part)
+    return {"out": str(out), "source": str(source), "lexical": new_card["lexical"], "metrics": metrics,
+            "wall_time_s": wall}
 
 
 def peak_rss_mb() -> float:

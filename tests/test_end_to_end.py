@@ -32,9 +32,9 @@ def _train_capturing(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Pat
     captured: dict[str, Any] = {}
     real_save = ecomnlp.training.save_artifact
 
-    def spy(out, backbone, adapter, head, card):
-        captured.update(backbone=backbone, adapter=adapter, head=head, card=card)
-        return real_save(out, backbone, adapter, head, card)
+    def spy(out, backbone, adapter, head, card, lexical=None):
+        captured.update(backbone=backbone, adapter=adapter, head=head, card=card, lexical=lexical)
+        return real_save(out, backbone, adapter, head, card, lexical)
 
     out = tmp_path_factory.mktemp(f"{task}_{pooling}") / "model"
     with pytest.MonkeyPatch.context() as mp:
