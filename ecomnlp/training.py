@@ -359,6 +359,8 @@ def train(
         return summary
     metrics, part = _scores_with_blend(backbone, the_task, head, prepared, pooling, data.eval_batch_size, lexical)
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
+    if part is not None:
+        summary["lexical_weight"] = part.weight
     card = _card(the_task, data, model, base_dir, pooling, dataclasses.asdict(lora), prepared, fit, best,
                  trainer.seed, metrics, summary["wall_time_s"], part)
     save_artifact(out_path, backbone, the_task.name, head, card, part)
@@ -419,6 +421,8 @@ def finetune(
     metrics = {"valid": split_metrics(the_task, valid_logits, prepared.valid, part), "before": before,
                "after": report(part)}
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
+    if part is not None:
+        summary["lexical_weight"] = part.weight
     new_card = _card(the_task, data, card["base_model"]["name"], backbone.base_dir, pooling, card["lora"], prepared,
                      fit, best, trainer.seed, metrics, summary["wall_time_s"], part)
     new_card["finetuned_from"] = {"path": str(source), "created": card.get("created"), "metrics": card.get("metrics")}

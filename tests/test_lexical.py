@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ def test_train_with_a_lexical_part_saves_it_and_the_loaded_model_blends(blended:
     assert set(LEXICAL_FILES) <= {p.name for p in out.iterdir()}
     card = json.loads((out / "card.json").read_text())
     assert card["lexical"]["weight"] in [i / 20 for i in range(21)]
+    assert blended["summary"]["lexical_weight"] == card["lexical"]["weight"]
     valid_metrics = card["metrics"]["valid"]
     assert {"encoder", "lexical", "accuracy"} <= set(valid_metrics)
     # the blend is never worse than the encoder alone on the rows its weight was chosen on
@@ -167,3 +169,23 @@ def test_finetune_refits_the_lexical_part_on_the_new_rows(blended: dict, tmp_pat
     card = json.loads((out / "card.json").read_text())
     assert card["lexical"]["weight"] == refit.weight
     assert {"encoder", "lexical"} <= set(card["metrics"]["after"]["new_domain"])
+
+
+def test_bench_quality_table_keeps_the_encoder_and_the_blend_apart() -> None:
+    """The 'ours' column is the encoder alone even when training fitted a lexical part; the blend has its own."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import bench_quality as bench
+
+    sys.path.pop(0)
+    baseline = {"accuracy": 0.9, "train_examples": 10}
+    ours = {"metrics": {"test": {"accuracy": 0.92, "examples": 5}}, "train_examples": 10, "train_rows_available": 10,
+            "steps": 3, "max_length": 64, "wall_time_s": 60}
+    plain = {"case": "plain", "model": "m", "goal": 0.95, "ours": ours, "tfidf_same_rows": baseline,
+             "tfidf_full_train": baseline}
+    added = {**plain, "case": "added", "lexical": {"metrics": {"test": {"accuracy": 0.96}}, "lexical": {"weight": 0.45}}}
+    trained = {**plain, "case": "trained", "ours": {**ours, "lexical_weight": 0.3, "metrics": {"test": {
+        "accuracy": 0.94, "examples": 5, "encoder": {"accuracy": 0.91}}}}}
+    rows = {line.split(" ")[1]: line for line in bench.table([plain, added, trained]).splitlines()[2:]}
+    assert "**92.00%**" in rows["plain"] and "| — |" in rows["plain"] and "95.0% (not met)" in rows["plain"]
+    assert "**92.00%**" in rows["added"] and "96.00% (w=0.45; met)" in rows["added"]
+    assert "**91.00%**" in rows["trained"] and "94.00% (w=0.30; not met)" in rows["trained"]
