@@ -289,12 +289,20 @@ def fit_blend(task: Task, train: Split, valid: Split, valid_logits: torch.Tensor
     return lexical
 
 
-def _scores_with_blend(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, pooling: Pooling,
-                       batch_size: int, lexical: bool) -> tuple[dict[str, Any], Lexical | None]:
-    """Validation (and test) metrics of the trained task; with ``lexical``, first fit its lexical part."""
+def _validate(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, pooling: Pooling,
+              batch_size: int, lexical: bool) -> tuple[dict[str, Any], Lexical | None]:
+    """Validation metrics of the trained task; with ``lexical``, first fit its lexical part (weight chosen on
+    these rows). Returns the metrics and the part (None without ``lexical``)."""
     valid_logits = predict_logits(backbone, task.name, head, prepared.valid.ids, batch_size, pooling)
     part = fit_blend(task, prepared.train, prepared.valid, valid_logits) if lexical else None
-    metrics = {"valid": split_metrics(task, valid_logits, prepared.valid, part)}
+    return split_metrics(task, valid_logits, prepared.valid, part), part
+
+
+def _evaluate(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, pooling: Pooling,
+              batch_size: int, lexical: bool) -> tuple[dict[str, Any], Lexical | None]:
+    """``_validate``, and the test split's metrics when there is one."""
+    valid, part = _validate(backbone, task, head, prepared, pooling, batch_size, lexical)
+    metrics = {"valid": valid}
     if prepared.test is not None:
         metrics["test"] = score(backbone, task, head, prepared.test, pooling, batch_size, lexical=part)
     return metrics, part
@@ -357,7 +365,7 @@ def train(
     summary: dict[str, Any] = {"out": str(out_path), "steps": fit.global_step, **prepared.stats}
     if not fit.is_global_zero:
         return summary
-    metrics, part = _scores_with_blend(backbone, the_task, head, prepared, pooling, data.eval_batch_size, lexical)
+    metrics, part = _evaluate(backbone, the_task, head, prepared, pooling, data.eval_batch_size, lexical)
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
     if part is not None:
         summary["lexical_weight"] = part.weight
@@ -416,10 +424,9 @@ def finetune(
     summary: dict[str, Any] = {"out": str(out_path), "source": str(source), "steps": fit.global_step, **prepared.stats}
     if not fit.is_global_zero:
         return summary
-    valid_logits = predict_logits(backbone, the_task.name, head, prepared.valid.ids, data.eval_batch_size, pooling)
-    part = fit_blend(the_task, prepared.train, prepared.valid, valid_logits) if model.lexical else None
-    metrics = {"valid": split_metrics(the_task, valid_logits, prepared.valid, part), "before": before,
-               "after": report(part)}
+    refit = model.lexical is not None
+    valid, part = _validate(backbone, the_task, head, prepared, pooling, data.eval_batch_size, refit)
+    metrics = {"valid": valid, "before": before, "after": report(part)}
     summary.update(metrics=metrics, wall_time_s=round(time.perf_counter() - started, 1))
     if part is not None:
         summary["lexical_weight"] = part.weight
@@ -449,8 +456,8 @@ def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict
     check_blendable(model.task)
     data = dataclasses.replace(data, columns=data.columns or card.get("columns", {}), max_length=card["max_length"])
     prepared = prepare(model.task, data, backbone.tokenizer, backbone.max_positions, seed, fit_task=False)
-    metrics, part = _scores_with_blend(backbone, model.task, model.head, prepared, card["pooling"],
-                                       data.eval_batch_size, lexical=True)
+    metrics, part = _evaluate(backbone, model.task, model.head, prepared, card["pooling"], data.eval_batch_size,
+                              lexical=True)
     wall = round(time.perf_counter() - started, 1)
     new_card = {**card, "lexical": {**part.describe(), "train_file": prepared.stats["train_file"],
                                     "train_examples": prepared.stats["train_examples"],

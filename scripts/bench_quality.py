@@ -87,7 +87,7 @@ def _blend_cell(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| task (test split) | base model | ours: accuracy | TF-IDF+LR, same rows | TF-IDF+LR, full train | goal | ours + lexical part (`--add-lexical`) | train rows | steps | max len | train wall time |",
+        "| task (test split) | base model | ours: accuracy | TF-IDF+LR, same rows | TF-IDF+LR, full train | goal | ours + lexical part | train rows | steps | max len | train wall time |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
