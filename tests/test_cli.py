@@ -36,10 +36,11 @@ def _ecomnlp() -> list[str]:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--help"], ["train", "evaluate", "predict", "models", "tasks"]),
+        (["--help"], ["train", "evaluate", "predict", "models", "tasks", "add-lexical"]),
         (["train", "--help"], ["--data.columns", "--trainer.max_steps", "--task_options", "--lora.r", "--config"]),
         (["evaluate", "--help"], ["--model", "--data", "--out", "--on_bad_row"]),
         (["predict", "--help"], ["--model", "--text"]),
+        (["add-lexical", "--help"], ["--source", "--data.train", "--data.valid", "--out"]),
     ],
 )
 def test_help_is_fast_and_imports_no_torch(argv: list[str], expected: list[str]) -> None:
