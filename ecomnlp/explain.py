@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .baselines import CJK
 from .classification import TextClassification
+from .lexical import row_text
 from .predictor import Inputs, as_texts, predict_logits
 
 if TYPE_CHECKING:
@@ -56,6 +57,19 @@ def _words(encoding: BatchEncoding, row: int, texts: list[str]) -> list[_Word]:
     return units
 
 
+def _variant_texts(texts: list[list[str]], per_text: list[list[_Word]]) -> list[str]:
+    """The row texts in the order of the token-id variants: each row whole, then without each of its words."""
+    out = []
+    for row, units in enumerate(per_text):
+        fields = [segment[row] for segment in texts]
+        out.append(row_text(fields))
+        for w in units:
+            cut = list(fields)
+            cut[w.segment] = fields[w.segment][: w.start] + fields[w.segment][w.end :]
+            out.append(row_text(cut))
+    return out
+
+
 def explain(model: TaskModel, inputs: Inputs, top_k: int | None = 5, batch_size: int = 64) -> list[dict[str, Any]]:
     """Per text: the predicted ``label`` (the most probable one for multi-label tasks), its ``probability``,
     and ``tokens``, the ``top_k`` words (all with None) as ``{"token", "weight"}`` by weight, highest first.
@@ -78,6 +92,8 @@ def explain(model: TaskModel, inputs: Inputs, top_k: int | None = 5, batch_size:
         variants.append(ids)
         variants += [[t for i, t in enumerate(ids) if i not in w.positions] for w in units]
     logits = predict_logits(model.backbone, model.adapter, model.head, variants, batch_size, model.card["pooling"])
+    if model.lexical is not None:  # the same rows as text, each word cut out of its field, for the lexical part
+        logits = model.lexical.blend(logits, _variant_texts(texts, per_text))
     probabilities = model.task.probabilities(logits)
     results, at = [], 0
     for row, units in enumerate(per_text):

@@ -189,3 +189,14 @@ def test_bench_quality_table_keeps_the_encoder_and_the_blend_apart() -> None:
     assert "**92.00%**" in rows["plain"] and "| — |" in rows["plain"] and "95.0% (not met)" in rows["plain"]
     assert "**92.00%**" in rows["added"] and "96.00% (w=0.45; met)" in rows["added"]
     assert "**91.00%**" in rows["trained"] and "94.00% (w=0.30; not met)" in rows["trained"]
+
+
+def test_explain_sees_the_blend(blended: dict) -> None:
+    """With a lexical part, explain's label and probability are predict's, and cutting a word changes both parts."""
+    import ecomnlp
+
+    model = ecomnlp.load(blended["out"])
+    texts = ["great coffee", "质量很好，推荐", "terrible taste"]
+    for explained, predicted in zip(model.explain(texts, top_k=None), model.predict(texts)):
+        assert explained["label"] == predicted["label"]
+        assert explained["probability"] == pytest.approx(predicted["probability"], abs=1e-5)
