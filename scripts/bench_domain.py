@@ -8,8 +8,9 @@ with 500 labelled ones? One run, on online_shopping_10_cats:
 
 All are tested on the hotel reviews of the test file; (a) and (b) also on the test file's other
 categories, to show what fine-tuning made the task forget. The filtered files are written under
---work (default runs/bench-domain/data). Settings come from configs/review_sentiment.yaml; (b) and
-(c) share their trainer settings and rows. Writes reports/bench_domain.json and the README table
+--work (default runs/bench-domain/data). Settings come from configs/review_sentiment.yaml, except that (a)
+trains one epoch and no task here has a lexical part (this measures the adapter; bench_quality.py measures
+the blend); (b) and (c) share their trainer settings and rows. Writes reports/bench_domain.json and the README table
 (between the bench_domain markers).
 
     python scripts/bench_domain.py [--train-examples 20000] [--examples 500] [--model NAME]
@@ -109,13 +110,13 @@ def main() -> None:
 
     work = Path(opts.work)
     parts = split_domain(Path(opts.data_dir), work / "data", DOMAIN)
-    common = ["--model", opts.model, "--trainer.progress_bar", "false"]
+    common = ["--model", opts.model, "--trainer.progress_bar", "false", "--lexical", "false"]
     if opts.max_steps:
         common += ["--trainer.max_steps", str(opts.max_steps)]
     source_args = train_arguments(CONFIG, [
         *common, "--out", str(work / "source"), "--data.train", parts["old_train"]["path"],
         "--data.valid", parts["old_valid"]["path"], "--data.test", "null",  # finetune scores (a) on both test parts
-        "--data.max_train_examples", str(opts.train_examples)])
+        "--data.max_train_examples", str(opts.train_examples), "--trainer.max_epochs", "1"])
     scratch_args = train_arguments(CONFIG, [
         *common, "--out", str(work / "scratch"), "--data.train", parts["new_train"]["path"], "--data.valid", "null",
         "--data.test", parts["new_test"]["path"], "--data.max_train_examples", str(opts.examples),
