@@ -56,6 +56,7 @@ class Lexical:
 
 
 def mix(logits: torch.Tensor, lexical_log_probs: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * log_softmax(logits) + weight * lexical_log_probs."""
     return (1 - weight) * torch.log_softmax(logits.float(), dim=-1) + weight * lexical_log_probs
 
 
@@ -71,7 +72,9 @@ def joined(texts: Sequence[Sequence[str]]) -> list[str]:
 
 def check_blendable(task: Task) -> None:
     """Refuse a task whose outputs are not one label of a fixed set (a lexical part is fitted per class)."""
-    if getattr(task, "multi_label", None) is not False or not getattr(task, "labels", None):
+    from .classification import TextClassification
+
+    if not isinstance(task, TextClassification) or task.multi_label:
         raise ValueError(f"a lexical part needs a single-label classification task; '{task.name}' is not one")
 
 

@@ -259,7 +259,8 @@ def _fit_module(module: TrainableModule, datamodule: L.LightningDataModule, sett
 
 def score(backbone: Backbone, task: Task, head: nn.Module, split: Split, pooling: Pooling,
           batch_size: int, adapter: str | None = None, lexical: Lexical | None = None) -> dict[str, Any]:
-    """The task's metrics on a tokenized split, through the prediction path (``adapter``: default the task's name)."""
+    """The task's metrics on a tokenized split, through the prediction path (``adapter``: default the task's name);
+    with ``lexical``, as ``split_metrics`` gives them."""
     logits = predict_logits(backbone, adapter or task.name, head, split.ids, batch_size, pooling)
     return split_metrics(task, logits, split, lexical)
 
