@@ -55,6 +55,8 @@ class TrainerSettings:
 
     ``precision`` None means fp32 on CPU and bf16-mixed on a GPU that supports it.
     ``val_check_interval`` is a fraction of an epoch (float) or a number of steps (int).
+    ``ema_decay``: when set, validation, the best checkpoint and the final weights use an exponential
+    moving average of the trainable weights (``ecomnlp.averaging``), e.g. 0.998.
     """
 
     max_epochs: int = 1
@@ -74,6 +76,7 @@ class TrainerSettings:
     log_every_n_steps: int = 10
     logger: Literal["csv", "tensorboard"] = "csv"
     progress_bar: bool = True
+    ema_decay: float | None = None
 
 
 @dataclass

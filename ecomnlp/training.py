@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .artifact import base_checksum, save_artifact
+from .averaging import TrainableEMA
 from .backbone import Backbone, Pooling, lora_config
 from .config import DataConfig, LoraSettings, TrainerSettings
 from .data import LengthGroupedBatches, Rows, choose_max_length, collate, encode_targets, load_rows, tokenize
@@ -142,12 +143,11 @@ class TrainableModule(L.LightningModule):
         self.settings = settings
         self.strict_loading = False  # checkpoints hold the trainable weights only
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state()  # not the frozen base (~100s of MB)
+        # The trainable weights only, not the frozen base (~100s of MB). Runs after the callbacks' hooks,
+        # so the weight averages that TrainableEMA put in "state_dict" stay.
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
 
     def on_train_epoch_start(self) -> None:
         # Lightning calls set_epoch on a DataLoader's sampler, not on its batch sampler: a new
@@ -211,6 +211,7 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path, mode: str 
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     logger_cls = TensorBoardLogger if settings.logger == "tensorboard" else CSVLogger
+    averaging = [TrainableEMA(settings.ema_decay)] if settings.ema_decay else []
     return L.Trainer(
         accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy,
         precision=_precision(settings), max_epochs=settings.max_epochs, max_steps=settings.max_steps,
@@ -224,6 +225,7 @@ def _trainer(settings: TrainerSettings, monitor: str, work_dir: Path, mode: str 
             # Checked after each validation only: a run that ends (max_steps) before its first validation
             # would otherwise fail at the epoch's end with "metric val/... not available".
             EarlyStopping(monitor=monitor, mode=mode, patience=settings.patience, check_on_train_epoch_end=False),
+            *averaging,
         ],
     )
 

@@ -154,6 +154,31 @@ def test_checkpoint_holds_only_trainable_weights_and_artifact_is_the_best(sentim
         assert torch.equal(v, from_ckpt[k])
 
 
+def test_weight_averaging_keeps_the_averaged_weights(tmp_path: Path, tiny_encoder: Path, sentiment_csv: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecomnlp.averaging import TrainableEMA
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    real_end = TrainableEMA.on_train_end
+
+    def record(callback: TrainableEMA, trainer: Any, module: Any) -> None:
+        seen["raw"] = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        seen["average"] = {n: a.clone() for n, a in callback.average.items()}
+        real_end(callback, trainer, module)
+
+    monkeypatch.setattr(TrainableEMA, "on_train_end", record)
+    out = tmp_path / "model"
+    quick_train("review_sentiment", sentiment_csv, out, tiny_encoder, columns={"text": "review"}, epochs=1,
+                trainer={"ema_decay": 0.5})
+    state = torch.load(out.with_name("model.train") / "checkpoints" / "best.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]  # the one validation, at the end of the epoch
+    assert state.keys() == seen["raw"].keys()  # trainable weights only
+    assert all(torch.equal(state[k], seen["average"][k]) for k in state)
+    assert any(not torch.equal(state[k], seen["raw"][k]) for k in state)  # an average, not the last step's weights
+    for k, v in load_file(str(out / "head.safetensors")).items():
+        assert torch.equal(v, state[f"head.{k}"])
+
+
 def test_load_many_shares_one_backbone(sentiment: dict[str, Any], category: dict[str, Any],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     alone = {"review_sentiment": ecomnlp.load(sentiment["out"]).logits(TEXTS),
