@@ -11,8 +11,8 @@ class TrainableEMA(L.Callback):
     """Keeps an exponential moving average of the trainable weights, updated after every training
     batch; validation, checkpoints and the weights left at the end of the fit use the average.
 
-    Lightning's ``EMAWeightAveraging`` averages every parameter: with a frozen e5-small base that
-    took ~1.8 s per step on 2 CPU cores, doubling the step time. The trainable weights are <1% of it.
+    Lightning's ``EMAWeightAveraging`` averages every parameter: with the frozen e5-small base a step
+    took 3.7 s on 2 CPU cores against 2.7 s. The trainable weights are under 1% of the model.
     """
 
     def __init__(self, decay: float) -> None:
