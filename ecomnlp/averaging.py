@@ -16,9 +16,7 @@ class TrainableEMA(L.Callback):
     """
 
     def __init__(self, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be between 0 and 1 (exclusive), got {decay}")
-        self.decay = decay
+        self.decay = decay  # checked by TrainerSettings
         self.average: dict[str, torch.Tensor] = {}
 
     @staticmethod

@@ -78,6 +78,10 @@ class TrainerSettings:
     progress_bar: bool = True
     ema_decay: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"trainer.ema_decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
+
 
 @dataclass
 class ChatDataConfig:

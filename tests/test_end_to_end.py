@@ -179,6 +179,14 @@ def test_weight_averaging_keeps_the_averaged_weights(tmp_path: Path, tiny_encode
         assert torch.equal(v, state[f"head.{k}"])
 
 
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.1])
+def test_weight_averaging_decay_outside_0_1_is_refused(decay: float) -> None:
+    from ecomnlp.config import TrainerSettings
+
+    with pytest.raises(ValueError, match=r"trainer\.ema_decay .* got"):
+        TrainerSettings(ema_decay=decay)
+
+
 def test_load_many_shares_one_backbone(sentiment: dict[str, Any], category: dict[str, Any],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     alone = {"review_sentiment": ecomnlp.load(sentiment["out"]).logits(TEXTS),
