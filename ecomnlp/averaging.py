@@ -12,7 +12,7 @@ class TrainableEMA(L.Callback):
     batch; validation, checkpoints and the weights left at the end of the fit use the average.
 
     Lightning's ``EMAWeightAveraging`` averages every parameter: with the frozen e5-small base a step
-    took 3.7 s on 2 CPU cores against 2.7 s. The trainable weights are under 1% of the model.
+    took 3.75 s on 2 CPU cores against 2.6-2.9 s for this callback. The trainable weights are under 1%.
     """
 
     def __init__(self, decay: float) -> None:
