@@ -68,7 +68,7 @@ def test_select_fraud(tmp_path: Path) -> None:
     data, report = ulb_like(tmp_path / "creditcard.csv"), tmp_path / "select_fraud.json"
     readme = (ROOT / "README.md").read_bytes()
     result = subprocess.run([sys.executable, "scripts/select_fraud.py", "--data", str(data), "--candidates", "one-mlp",
-                             "--add", "narrow", "--network.hidden [8] --network.members 2 --network.trees 0.3",
+                             "no-amount-bins", "--add", "narrow", "--network.hidden [8] --network.members 2 --network.trees 0.3",
                              "--max-steps", "3", "--train-rows", "500", "--report", str(report), "--no-readme"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -81,13 +81,30 @@ def test_select_fraud(tmp_path: Path) -> None:
     assert [(w[p]["rows"]) for w in (w1, w2) for p in ("fit", "stop", "eval")] == [768, 192, 240, 576, 144, 240]
     assert w1["eval"]["time_min"] > w2["eval"]["time_max"] and w2["eval"]["time_min"] > w2["stop"]["time_max"]
     assert max(w[p]["time_max"] for w in (w1, w2) for p in ("fit", "stop", "eval")) < test_start
-    assert list(r["candidates"]) == ["one-mlp", "narrow"]
+    assert list(r["candidates"]) == ["one-mlp", "no-amount-bins", "narrow"]
     assert r["candidates"]["narrow"]["overrides"][-2:] == ["--network.trees", "0.3"]
+    config = yaml.safe_load((ROOT / "configs" / "fraud_detection.yaml").read_text())["features"]
+    flag, without_bins = r["candidates"]["no-amount-bins"]["overrides"]
+    amount = config["numeric"].pop("Amount")
+    assert flag == "--features" and "buckets" in amount
+    assert json.loads(without_bins) == {**config, "numeric": {**config["numeric"], "Amount": {"log": True}}}
     for c in r["candidates"].values():
         scores = [c["windows"][w]["auprc"] for w in ("window 1", "window 2")]
         assert all(0 <= s <= 1 for s in scores) and c["mean_auprc"] == pytest.approx(sum(scores) / 2)
         assert all(c["windows"][w]["fit_rows"] == 500 for w in ("window 1", "window 2"))
     assert "| one-mlp |" in result.stdout and "| narrow |" in result.stdout
+    assert "| no-amount-bins | the config's features with `Amount: {log: true}`, no bins |" in result.stdout
+
+
+def test_unsupervised_features_leave_out_the_hour_and_bins() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_fraud
+
+    sys.path.pop(0)
+    features = {"numeric": {"Time": {"period": 86400}, "Amount": {"log": True, "buckets": 16}, "V1": {}, "V2": None},
+                "categorical": {"country": {}}}
+    assert bench_fraud.unsupervised_features(features) == {
+        "numeric": {"Amount": {"log": True}, "V1": {}, "V2": {}}, "categorical": {"country": {}}}
 
 
 @pytest.fixture
