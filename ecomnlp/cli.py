@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from .config import (CHAT_GENERATION, LLAMA_LORA, ChatDataConfig, DataConfig, GenerationSettings, LoraSettings,
                      RetrievalSettings, TaskSpec, TrainerSettings)
@@ -288,14 +288,66 @@ def evaluate_command(model: str | None = None, data: str | None = None, out: str
     print(f"report: {out}/metrics.json")
 
 
-def command_arguments(command: Callable[..., None], config: str, overrides: list[str] = ()) -> dict[str, Any]:
-    """Keyword arguments for ``command`` from a YAML config plus ``--key value`` overrides."""
+def _dict_parameters(command: Callable[..., None]) -> set[str]:
+    """Names of ``command``'s parameters typed as a dict (``dict[...]``, optionally ``| None``)."""
+    import types
+    import typing
+
+    def is_dict(hint: Any) -> bool:
+        origin = typing.get_origin(hint)
+        return hint is dict or origin is dict or (origin in (typing.Union, types.UnionType)
+                                                  and any(is_dict(a) for a in typing.get_args(hint)))
+
+    return {name for name, hint in typing.get_type_hints(command).items() if name != "return" and is_dict(hint)}
+
+
+def merge_dict_overrides(command: Callable[..., None], args: Sequence[str]) -> list[str]:
+    """``args`` with each override inside a dict parameter (``--features.numeric.V2 '{}'``) rewritten as the whole
+    dict with that key set, so the dict's other keys stay. jsonargparse alone sets ``features["numeric"] =
+    {"V2": {}}``, silently dropping every other numeric column. The dict starts from the ``--config`` file's value
+    (empty without one); a whole-dict override (``--features '{...}'``) replaces it for the overrides after it."""
+    import copy
+
+    import yaml
+
+    names, config, current, out = _dict_parameters(command), {}, {}, []
+    i = 0
+    while i < len(args):
+        flag, inline, value = args[i].partition("=")
+        if not inline:
+            value = args[i + 1] if i + 1 < len(args) else None
+        path = flag[2:].split(".") if flag.startswith("--") else []
+        if flag == "--config" and value is not None:
+            config = yaml.safe_load(Path(value).read_text(encoding="utf-8")) or {}
+        if value is None or not path or path[0] not in names:
+            out.append(args[i])
+            i += 1
+            continue
+        if len(path) == 1:
+            current[path[0]] = yaml.safe_load(value)
+            out += [flag, value]
+        else:
+            node = root = current.get(path[0], copy.deepcopy(config.get(path[0]))) or {}
+            for key in path[1:-1]:
+                node[key] = node[key] if isinstance(node.get(key), dict) else {}
+                node = node[key]
+            node[path[-1]] = yaml.safe_load(value)
+            current[path[0]] = root
+            out += [f"--{path[0]}", json.dumps(root)]
+        i += 1 if inline else 2
+    return out
+
+
+def command_arguments(command: Callable[..., None], config: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``command`` from a YAML config plus ``--key value`` overrides (``merge_dict_overrides``
+    keeps a dict parameter's other keys when one of them is overridden)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser()
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_function_arguments(command)
-    parsed = parser.parse_args(["--config", config, *overrides]) if config else parser.parse_args(list(overrides))
+    parsed = parser.parse_args(merge_dict_overrides(command, ["--config", config, *overrides] if config
+                                                    else list(overrides)))
     parsed = parser.instantiate_classes(parsed)
     return {k: v for k, v in vars(parsed).items() if k != "config"}
 
@@ -507,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] and args[0] in _FLAGS:
         flag, name = _FLAGS[args[0]]
         args = [name + a[len(flag):] if a == flag or a.startswith(flag + "=") else a for a in args]
+    if args[:1] and args[0] in COMMANDS:
+        args = [args[0], *merge_dict_overrides(COMMANDS[args[0]], args[1:])]
     auto_cli(COMMANDS, args=args, as_positional=False)
 
 

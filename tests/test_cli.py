@@ -120,6 +120,40 @@ def test_config_typo_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "max_epoch" in capsys.readouterr().err
 
 
+FRAUD_FEATURES = {"numeric": {"Amount": {"log": True}, "V1": {}}, "categorical": {"country": {}}}
+
+
+@pytest.mark.parametrize("overrides, features", [
+    (["--features.numeric.V2", "{}"], {"numeric": {"Amount": {"log": True}, "V1": {}, "V2": {}},
+                                       "categorical": {"country": {}}}),
+    (["--features.numeric.Amount={log: false, buckets: 8}"], {"numeric": {"Amount": {"log": False, "buckets": 8},
+                                                                          "V1": {}}, "categorical": {"country": {}}}),
+    (["--features.categorical.country.min_count", "3"], {"numeric": FRAUD_FEATURES["numeric"],
+                                                         "categorical": {"country": {"min_count": 3}}}),
+    (["--features.numeric", "{V9: {}}"], {"numeric": {"V9": {}}, "categorical": {"country": {}}}),
+    (["--features", "{numeric: {X: {}}}", "--features.numeric.V2", "{}"], {"numeric": {"X": {}, "V2": {}}}),
+    (["--features.numeric.V2", "{}", "--features.categorical", "{}"], {"numeric": {"Amount": {"log": True}, "V1": {},
+                                                                                  "V2": {}}, "categorical": {}}),
+], ids=["add-a-column", "equals-form", "deep-key", "one-level-replaces-that-level", "after-a-whole-dict",
+        "then-another-key"])
+def test_override_inside_a_dict_keeps_its_other_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     overrides: list[str], features: dict) -> None:
+    """jsonargparse alone would keep only the first level: ``--features.numeric.V2 {}`` left V2 as the only
+    numeric column. The Python API and the command line merge the same way; other overrides are untouched."""
+    from ecomnlp.cli import command_arguments, main, train_fraud_command
+
+    config = tmp_path / "fraud.yaml"
+    config.write_text(yaml.safe_dump({"out": "runs/x", "data": {"train": "t.csv", "label": "Class"},
+                                      "features": FRAUD_FEATURES, "network": {"trees": 0.5}}))
+    args = command_arguments(train_fraud_command, str(config), [*overrides, "--network.members", "3"])
+    assert args["features"] == features
+    assert (args["network"].members, args["network"].trees) == (3, 0.5)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-fraud", "--config", str(config), *overrides, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["features"] == features
+
+
 def _tiny_config(tmp_path: Path, tiny_encoder: Path) -> tuple[Path, Path, Path]:
     data = write_csv(tmp_path / "reviews.csv", ["review", "label"], [r[:2] for r in sentiment_rows()])
     out = tmp_path / "runs" / "sentiment"
