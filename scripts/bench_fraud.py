@@ -42,8 +42,8 @@ UNSUPERVISED = ["--mode", "unsupervised", "--network.hidden", "[64]", "--network
                 "--network.mask", "0.7", "--network.members", "1", "--network.trees", "0", "--trainer.max_epochs", "5",
                 "--threshold.rule", "alerts_per_day", "--threshold.target", "100"]
 # Left out of the unsupervised runs' features (ours and PyOD's): the hour of day lowered the denoising autoencoder's
-# validation AUROC (0.948 -> 0.944, mean of 3 seeds), and the unsupervised settings were chosen without it; so were
-# they without quantile bins (chosen for the supervised MLP's amount), which those runs leave out too.
+# validation AUROC (0.948 -> 0.944, mean of 3 seeds), and the unsupervised settings were chosen without it. They were
+# also chosen without quantile bins (the supervised MLP's amount bins came later), so those runs leave bins out too.
 UNSUPERVISED_DROP = ("Time",)
 DETECTORS = {"autoencoder": "denoising autoencoder", "deep_svdd": "Deep SVDD", "ecod": "ECOD, per record (saved)"}
 

@@ -68,7 +68,8 @@ def test_select_fraud(tmp_path: Path) -> None:
     data, report = ulb_like(tmp_path / "creditcard.csv"), tmp_path / "select_fraud.json"
     readme = (ROOT / "README.md").read_bytes()
     result = subprocess.run([sys.executable, "scripts/select_fraud.py", "--data", str(data), "--candidates", "one-mlp",
-                             "no-amount-bins", "--add", "narrow", "--network.hidden [8] --network.members 2 --network.trees 0.3",
+                             "no-amount-bins", "--add", "narrow",
+                             "--network.hidden [8] --network.members 2 --network.trees 0.3",
                              "--max-steps", "3", "--train-rows", "500", "--report", str(report), "--no-readme"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
