@@ -313,8 +313,8 @@ def merge_dict_overrides(command: Callable[..., None], args: Sequence[str]) -> l
     names, config, current, out = _dict_parameters(command), {}, {}, []
     i = 0
     while i < len(args):
-        flag, inline, value = args[i].partition("=")
-        if not inline:
+        flag, equals, value = args[i].partition("=")
+        if not equals:  # "--key value" rather than "--key=value"
             value = args[i + 1] if i + 1 < len(args) else None
         path = flag[2:].split(".") if flag.startswith("--") else []
         if flag == "--config" and value is not None:
@@ -327,14 +327,15 @@ def merge_dict_overrides(command: Callable[..., None], args: Sequence[str]) -> l
             current[path[0]] = yaml.safe_load(value)
             out += [flag, value]
         else:
-            node = root = current.get(path[0], copy.deepcopy(config.get(path[0]))) or {}
+            start = current[path[0]] if path[0] in current else copy.deepcopy(config.get(path[0]))
+            node = root = start or {}
             for key in path[1:-1]:
                 node[key] = node[key] if isinstance(node.get(key), dict) else {}
                 node = node[key]
             node[path[-1]] = yaml.safe_load(value)
             current[path[0]] = root
             out += [f"--{path[0]}", json.dumps(root)]
-        i += 1 if inline else 2
+        i += 1 if equals else 2
     return out
 
 
