@@ -1,6 +1,7 @@
 """Re-ranking the support bot's retrieved passages with its causal LM (query likelihood, as in UPR: Sachan
 et al., 2022): each candidate entry gains by how likely the LM's base weights (no adapter) find the
-customer's question after that entry's passage. The combined score is the encoder's cosine plus ``weight``
+customer's question after that entry's passage and the customer questions it already answers (its
+``questions``, e.g. from past dialogues). The combined score is the encoder's cosine plus ``weight``
 times the mean log-probability of the question's tokens; ``choose_weight`` picks the weight on held-out
 questions by recall@1.
 """
@@ -14,13 +15,22 @@ from torch.nn import functional as F
 from .knowledge import Entry, Hit
 
 INSTRUCTION = "Write a question a customer could ask that this passage answers."
+QUESTIONS_HEADING = "Questions customers asked about this:"
+PROMPT_QUESTIONS = 8  # at most this many of an entry's questions go into its prompt (the first ones: its own, then learned)
 CACHED_PROMPTS = 64  # passage prompts whose KV caches question_log_likelihood keeps (about 7 MB each for SmolLM2-135M)
 WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)  # candidates for choose_weight; 0 keeps the encoder's order
 
 
+def passage_prompt(entry: Entry) -> str:
+    """The user turn a question is scored after: the entry's title and passage, its first ``PROMPT_QUESTIONS``
+    example questions (one per line, under ``QUESTIONS_HEADING``) where it has some, then ``INSTRUCTION``."""
+    questions = "".join(f"\n- {q}" for q in entry.questions[:PROMPT_QUESTIONS])
+    return f"{entry.title}\n{entry.text}\n\n" + (f"{QUESTIONS_HEADING}{questions}\n\n" if questions else "") + INSTRUCTION
+
+
 def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry], question: str,
-                            prefixes: dict[tuple[str, str, str], Any] | None = None) -> list[float]:
-    """Per entry, the mean log-probability of ``question``'s tokens after the entry's passage and ``INSTRUCTION``
+                            prefixes: dict[str, Any] | None = None) -> list[float]:
+    """Per entry, the mean log-probability of ``question``'s tokens after the entry's ``passage_prompt``
     (rendered as a user turn of the model's chat template).
 
     Each passage's prompt is run once and its KV cache kept in ``prefixes`` (pass the same dict again, with
@@ -35,14 +45,14 @@ def question_log_likelihood(model: Any, tokenizer: Any, entries: Sequence[Entry]
         return [0.0] * len(entries)
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live inside it
     device = next(lm.parameters()).device
-    keys = [(entry.id, entry.title, entry.text) for entry in entries]
+    keys = [passage_prompt(entry) for entry in entries]
     with torch.inference_mode():
-        for entry, key in zip(entries, keys):
+        for key in keys:
             if key in prefixes:
                 prefixes[key] = prefixes.pop(key)  # most recently used last
             else:
-                text = tokenizer.apply_chat_template([{"role": "user", "content": f"{entry.title}\n{entry.text}\n\n{INSTRUCTION}"}],
-                                                     tokenize=False, add_generation_prompt=True)
+                text = tokenizer.apply_chat_template([{"role": "user", "content": key}], tokenize=False,
+                                                     add_generation_prompt=True)
                 prompt = lm(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=device),
                             use_cache=True, logits_to_keep=1)
                 prefixes[key] = ([(layer.keys, layer.values) for layer in prompt.cache.layers], prompt.logits[0, -1])
@@ -79,7 +89,7 @@ def choose_weight(model: Any, tokenizer: Any, candidates: Sequence[Sequence[Hit]
     """The weight in ``WEIGHTS`` whose re-ranking of ``candidates`` (each question's retrieved hits) puts the
     question's entry (``entries``) first most often, the smallest on a tie, with recall@1 before and after;
     and each question's ``question_log_likelihood`` of its candidates."""
-    prefixes: dict[tuple[str, str, str], Any] = {}
+    prefixes: dict[str, Any] = {}
     likelihoods = [question_log_likelihood(model, tokenizer, [h.entry for h in hits], q, prefixes)
                    for hits, q in zip(candidates, questions)]
 

@@ -9,7 +9,8 @@ import torch
 from ecomnlp.knowledge import Entry, Hit
 
 ENTRIES = [Entry("returns", "Returns", "Return any item within 30 days.", None, "test"),
-           Entry("shipping", "Shipping", "Orders ship in 2 days, tracked by email.", None, "test"),
+           Entry("shipping", "Shipping", "Orders ship in 2 days, tracked by email.", None, "test",
+                 ("when will my order arrive?", "how do I track my parcel?")),
            Entry("tuihuo", "退货", "7天无理由退货。", None, "test")]
 
 
@@ -19,7 +20,7 @@ def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path, monkeypa
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import ecomnlp.rerank as rerank
-    from ecomnlp.rerank import INSTRUCTION, question_log_likelihood
+    from ecomnlp.rerank import passage_prompt, question_log_likelihood
 
     torch.manual_seed(0)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_lm).eval(), AutoTokenizer.from_pretrained(tiny_lm)
@@ -27,8 +28,8 @@ def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path, monkeypa
     answer = tokenizer(question, add_special_tokens=False)["input_ids"]
 
     def whole(entry: Entry) -> float:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": f"{entry.title}\n{entry.text}\n\n{INSTRUCTION}"}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": passage_prompt(entry)}], tokenize=False,
+                                             add_generation_prompt=True)
         prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1:-1]
@@ -43,8 +44,19 @@ def test_cached_passage_prompts_give_the_same_likelihood(tiny_lm: Path, monkeypa
     monkeypatch.setattr(rerank, "CACHED_PROMPTS", 2)  # the least recently used prompt goes
     question_log_likelihood(model, tokenizer, ENTRIES[:1], question, prefixes)
     question_log_likelihood(model, tokenizer, ENTRIES[2:], question, prefixes)
-    assert [key[0] for key in prefixes] == ["returns", "tuihuo"]
+    assert list(prefixes) == [passage_prompt(ENTRIES[0]), passage_prompt(ENTRIES[2])]
     assert question_log_likelihood(model, tokenizer, ENTRIES, "") == [0.0, 0.0, 0.0]
+
+
+def test_passage_prompt_shows_the_first_example_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ecomnlp.rerank as rerank
+
+    assert rerank.passage_prompt(ENTRIES[0]) == f"Returns\nReturn any item within 30 days.\n\n{rerank.INSTRUCTION}"
+    assert rerank.passage_prompt(ENTRIES[1]) == ("Shipping\nOrders ship in 2 days, tracked by email.\n\n"
+                                                 f"{rerank.QUESTIONS_HEADING}\n- when will my order arrive?\n"
+                                                 f"- how do I track my parcel?\n\n{rerank.INSTRUCTION}")
+    monkeypatch.setattr(rerank, "PROMPT_QUESTIONS", 1)
+    assert "arrive" in rerank.passage_prompt(ENTRIES[1]) and "track my parcel" not in rerank.passage_prompt(ENTRIES[1])
 
 
 def test_reorder_and_weight_choice(monkeypatch: pytest.MonkeyPatch) -> None:
