@@ -3,13 +3,17 @@ builders of tiny fraud, recommendation and chat models."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Iterable, Sequence
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 # Short texts whose characters the tiny tokenizer knows (it is trained on ecomnlp.models.tiny.SAMPLE_TEXTS).
 POSITIVE = ["great coffee, fast shipping", "the shampoo smells lovely", "衣服质量不错，尺码合适",
@@ -44,6 +48,15 @@ def other_tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ecomnlp.models.tiny import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("other_tiny_encoder") / "model", seed=1)
+
+
+def import_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (the scripts folder is on ``sys.path`` only while importing)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPTS))
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]], delimiter: str = ",",

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import import_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,10 +97,7 @@ def test_select_fraud(tmp_path: Path) -> None:
 
 
 def test_unsupervised_features_leave_out_the_hour_and_bins() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_fraud
-
-    sys.path.pop(0)
+    bench_fraud = import_script("bench_fraud")
     features = {"numeric": {"Time": {"period": 86400}, "Amount": {"log": True, "buckets": 16}, "V1": {}, "V2": None},
                 "categorical": {"country": {}}}
     assert bench_fraud.unsupervised_features(features) == {
@@ -107,11 +106,7 @@ def test_unsupervised_features_leave_out_the_hour_and_bins() -> None:
 
 @pytest.fixture
 def fetch_data(monkeypatch: pytest.MonkeyPatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import fetch_data
-
-    sys.path.pop(0)
-    return fetch_data
+    return import_script("fetch_data")
 
 
 @pytest.mark.parametrize("rows, ok", [(3, True), (2, False)])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import NEGATIVE, POSITIVE
+from conftest import NEGATIVE, POSITIVE, import_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,10 +71,7 @@ def test_bench_recommendation(tmp_path: Path, tiny_encoder: Path) -> None:
 
 
 def test_fetch_data_writes_every_file_of_a_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import fetch_data
-
-    sys.path.pop(0)
+    fetch_data = import_script("fetch_data")
     spec = fetch_data.Dataset("pkg==1.0", "pkg/d/a.inter", "a.inter", fetch_data.csv_rows(2), "test data",
                               also=(("pkg/d/a.item", "a.item"),))
     monkeypatch.setitem(fetch_data.DATASETS, "tiny-multi", spec)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import NEGATIVE, POSITIVE, quick_train, write_csv
+from conftest import NEGATIVE, POSITIVE, import_script, quick_train, write_csv
 from ecomnlp.lexical import (LEXICAL_FILES, check_blendable, choose_weight, fit_lexical, load_lexical, mix,
                              save_lexical)
 
@@ -173,10 +172,7 @@ def test_finetune_refits_the_lexical_part_on_the_new_rows(blended: dict, tmp_pat
 
 def test_bench_quality_table_keeps_the_encoder_and_the_blend_apart() -> None:
     """The 'ours' column is the encoder alone even when training fitted a lexical part; the blend has its own."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
-    import bench_quality as bench
-
-    sys.path.pop(0)
+    bench = import_script("bench_quality")
     baseline = {"accuracy": 0.9, "train_examples": 10}
     ours = {"metrics": {"test": {"accuracy": 0.92, "examples": 5}}, "train_examples": 10, "train_rows_available": 10,
             "steps": 3, "max_length": 64, "wall_time_s": 60}
