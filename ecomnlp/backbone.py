@@ -10,21 +10,34 @@ from typing import Literal
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .config import LoraSettings
 
 Pooling = Literal["mean", "cls"]
 
 
+def dropout_overrides(base_dir: Path, dropout: float | None) -> dict[str, float]:
+    """Config fields that set the dropout of the model in ``base_dir`` to ``dropout`` (none for None)."""
+    if dropout is None:
+        return {}
+    if not 0 <= dropout < 1:
+        raise ValueError(f"base dropout must be in [0, 1), got {dropout}")
+    config = AutoConfig.from_pretrained(base_dir).to_dict()
+    return {name: dropout for name, value in config.items() if "dropout" in name and isinstance(value, float)}
+
+
 class Backbone(nn.Module):
     """Frozen encoder + named adapters. Switching task switches adapter, never the base."""
 
-    def __init__(self, base_dir: str | Path) -> None:
+    def __init__(self, base_dir: str | Path, dropout: float | None = None) -> None:
+        """``dropout``: the base's own dropout probabilities while training (every float field of its config
+        whose name has "dropout" in it, e.g. BERT's hidden and attention dropout); None keeps the pretrained
+        config's. The base is frozen either way: its dropout only adds noise to what the adapters see."""
         super().__init__()
         self.base_dir = Path(base_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
-        encoder = AutoModel.from_pretrained(self.base_dir, dtype=torch.float32)
+        encoder = AutoModel.from_pretrained(self.base_dir, dtype=torch.float32, **dropout_overrides(self.base_dir, dropout))
         encoder.requires_grad_(False)
         self.encoder: nn.Module = encoder
         self.hidden_size: int = encoder.config.hidden_size

@@ -55,6 +55,7 @@ def train_command(
     lora: LoraSettings = LoraSettings(),
     trainer: TrainerSettings = TrainerSettings(),
     lexical: bool = False,
+    base_dropout: float | None = None,
 ) -> None:
     """Train one task's LoRA adapter + head on a frozen base model; save the task directory ``out``.
 
@@ -69,10 +70,13 @@ def train_command(
         trainer: optimisation and Lightning settings.
         lexical: single-label classifiers: blend in a TF-IDF + logistic-regression part fitted on the
             training rows, its weight chosen on validation (see ``ecomnlp add-lexical``).
+        base_dropout: the frozen base's own dropout while training; null keeps the pretrained config's, 0 turns
+            it off (on CPU its random masks cost about a third of a step).
     """
     from .training import train as run
 
-    summary = run(task, data, out, model, task_options, pooling, lora, trainer, lexical=lexical)
+    summary = run(task, data, out, model, task_options, pooling, lora, trainer, lexical=lexical,
+                  base_dropout=base_dropout)
     if "metrics" in summary:  # only the process that saved (rank 0) reports
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 

@@ -345,18 +345,20 @@ def train(
     trainer: TrainerSettings = TrainerSettings(),
     rows: tuple[Rows, Rows] | None = None,
     lexical: bool = False,
+    base_dropout: float | None = None,
 ) -> dict[str, Any]:
     """Train one task's LoRA adapter and head on the frozen base; save the task directory ``out``.
 
     Logs and checkpoints go to ``<out>.train/``; the returned summary holds the metrics.
     ``rows``: (train, valid) rows already loaded and checked, read instead of the train and
     valid files (cross-validation folds). ``lexical``: then fit a lexical part (``ecomnlp.lexical``)
-    on the training rows and blend it in, its weight chosen on validation.
+    on the training rows and blend it in, its weight chosen on validation. ``base_dropout``: the frozen base's
+    own dropout while training (``Backbone``); None keeps the pretrained config's, 0 spares its random masks.
     """
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     base_dir = resolve(model)
-    backbone = Backbone(base_dir)
+    backbone = Backbone(base_dir, dropout=base_dropout)
     the_task = build_task(task, task_options)
     prepared = prepare(the_task, data, backbone.tokenizer, backbone.max_positions, trainer.seed, rows=rows)
     if lexical:
@@ -374,6 +376,7 @@ def train(
         summary["lexical_weight"] = part.weight
     card = _card(the_task, data, model, base_dir, pooling, dataclasses.asdict(lora), prepared, fit, best,
                  trainer.seed, metrics, summary["wall_time_s"], part)
+    card["training"]["base_dropout"] = base_dropout
     save_artifact(out_path, backbone, the_task.name, head, card, part)
     return summary
 

@@ -153,3 +153,16 @@ def test_padding_does_not_change_pooled_vectors(backbone: Backbone, pooling: str
     for i, text in enumerate(TEXTS):
         alone = backbone(**_batch(backbone, [text]), pooling=pooling)
         assert torch.allclose(together[i], alone[0], atol=1e-5)
+
+
+def test_base_dropout_zero_removes_the_base_noise_while_training(tiny_encoder: Path) -> None:
+    """dropout=0: two training-mode passes agree; with the pretrained config's dropout (0.1) they differ."""
+    agree = {}
+    for dropout in (None, 0.0):
+        backbone = Backbone(tiny_encoder, dropout=dropout).train()
+        batch = _batch(backbone, TEXTS)
+        first, second = (backbone.encoder(**batch).last_hidden_state for _ in range(2))
+        agree[dropout] = torch.equal(first, second)
+    assert agree == {None: False, 0.0: True}
+    with pytest.raises(ValueError, match="base dropout must be in"):
+        Backbone(tiny_encoder, dropout=1.0)
