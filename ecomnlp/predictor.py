@@ -150,12 +150,13 @@ def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = Fa
     return TaskModel(backbone, name, task, head, card, load_lexical(path) if card.get("lexical") else None)
 
 
-def backbone_for(path: str | Path, base: str | None, device: str) -> Backbone:
-    """The base a task was trained on: ``base`` if given, else its recorded folder, else its name."""
+def backbone_for(path: str | Path, base: str | None, device: str, dropout: float | None = None) -> Backbone:
+    """The base a task was trained on: ``base`` if given, else its recorded folder, else its name;
+    ``dropout``: the base's own dropout while training (``Backbone``)."""
     if base is None:
         recorded = read_card(path)["base_model"]
         base = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
-    return Backbone(resolve(base)).to(device).eval()
+    return Backbone(resolve(base), dropout=dropout).to(device).eval()
 
 
 def load(path: str | Path, base: str | None = None, device: str = "cpu"

@@ -313,7 +313,7 @@ def _evaluate(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepare
 
 def _card(task: Task, data: DataConfig, model: str, base_dir: Path, pooling: Pooling, lora: dict[str, Any],
           prepared: Prepared, fit: L.Trainer, best: str, seed: int, metrics: dict[str, Any],
-          wall_time_s: float, lexical: Lexical | None = None) -> dict[str, Any]:
+          wall_time_s: float, lexical: Lexical | None = None, base_dropout: float | None = None) -> dict[str, Any]:
     card = {
         "task": task.name,
         "task_state": task_state(task),
@@ -324,7 +324,7 @@ def _card(task: Task, data: DataConfig, model: str, base_dir: Path, pooling: Poo
         "max_length": prepared.max_length,
         "lora": lora,
         "training": {**prepared.stats, "steps": fit.global_step, "epochs": fit.current_epoch,
-                     "seed": seed, "best_checkpoint": best, "wall_time_s": wall_time_s},
+                     "seed": seed, "best_checkpoint": best, "wall_time_s": wall_time_s, "base_dropout": base_dropout},
         "metrics": metrics,
         "ecomnlp_version": _version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -375,8 +375,7 @@ def train(
     if part is not None:
         summary["lexical_weight"] = part.weight
     card = _card(the_task, data, model, base_dir, pooling, dataclasses.asdict(lora), prepared, fit, best,
-                 trainer.seed, metrics, summary["wall_time_s"], part)
-    card["training"]["base_dropout"] = base_dropout
+                 trainer.seed, metrics, summary["wall_time_s"], part, base_dropout)
     save_artifact(out_path, backbone, the_task.name, head, card, part)
     return summary
 
@@ -395,7 +394,8 @@ def finetune(
     random subset); without ``data.test`` the new rows not trained on are the held-out test.
     Before and after fine-tuning, the task is scored on the new held-out rows and, given
     ``old_test``, on the old domain's test file (forgetting). A lexical part of the source is
-    refitted on the new training rows, its weight chosen again on the new validation rows.
+    refitted on the new training rows, its weight chosen again on the new validation rows. The base's own
+    dropout is the source's (``base_dropout`` of ``train``).
     """
     from .artifact import read_card
     from .predictor import attach, backbone_for
@@ -403,7 +403,8 @@ def finetune(
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     card = read_card(source)
-    backbone = backbone_for(source, None, "cpu")
+    base_dropout = card["training"].get("base_dropout")  # as the source trained
+    backbone = backbone_for(source, None, "cpu", base_dropout)
     model = attach(backbone, source, card["task"], trainable=True)
     the_task, head, pooling = model.task, model.head, card["pooling"]
     if examples is not None:
@@ -437,7 +438,7 @@ def finetune(
     if part is not None:
         summary["lexical_weight"] = part.weight
     new_card = _card(the_task, data, card["base_model"]["name"], backbone.base_dir, pooling, card["lora"], prepared,
-                     fit, best, trainer.seed, metrics, summary["wall_time_s"], part)
+                     fit, best, trainer.seed, metrics, summary["wall_time_s"], part, base_dropout)
     new_card["finetuned_from"] = {"path": str(source), "created": card.get("created"), "metrics": card.get("metrics")}
     save_artifact(out_path, backbone, the_task.name, head, new_card, part)
     return summary

@@ -19,7 +19,7 @@ def _digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, tiny_encoder: Path, sentiment_csv: Path) -> Path:
     out = tmp_path_factory.mktemp("finetune") / "sentiment"
-    quick_train("review_sentiment", sentiment_csv, out, tiny_encoder, columns={"text": "review"})
+    quick_train("review_sentiment", sentiment_csv, out, tiny_encoder, columns={"text": "review"}, base_dropout=0.0)
     return out
 
 
@@ -48,6 +48,7 @@ def test_finetune_writes_a_new_adapter_and_leaves_the_source_untouched(source: P
     assert card["finetuned_from"]["path"] == str(source)
     assert card["task_state"]["labels"] == source_card["task_state"]["labels"]
     assert card["base_model"]["checksum"] == source_card["base_model"]["checksum"]
+    assert card["training"]["base_dropout"] == source_card["training"]["base_dropout"] == 0.0  # kept from the source
     assert card["training"]["train_examples"] + card["training"]["valid_examples"] == 24
     for when in ("before", "after"):
         assert card["metrics"][when]["new_domain"]["examples"] == 16  # the 40 - 24 rows not trained on
