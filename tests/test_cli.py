@@ -101,6 +101,23 @@ def test_every_config_parses_with_the_train_parser(config: Path, capsys: pytest.
     assert parsed["out"]
 
 
+def test_readme_train_config_example_parses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's annotated train config is a real one: the train parser takes it, keys and values."""
+    fence = "`" * 3
+    blocks = (ROOT / "README.md").read_text(encoding="utf-8").split(fence + "yaml\n")[1:]
+    example = next(b.split(fence)[0] for b in blocks if b.startswith("task: product_classification"))
+    config = tmp_path / "readme.yaml"
+    config.write_text(example, encoding="utf-8")
+    monkeypatch.chdir(ROOT)
+    parsed = _print_config(config, capsys)
+    raw = yaml.safe_load(example)
+    for key in ("task", "model", "lexical", "base_dropout"):
+        assert parsed[key] == raw[key]
+    assert {k: parsed["lora"][k] for k in raw["lora"]} == raw["lora"]
+    assert {k: parsed["trainer"][k] for k in raw["trainer"]} == raw["trainer"]
+
+
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
 def test_every_suite_config_names_models_and_test_files(suite: Path) -> None:
     spec = yaml.safe_load(suite.read_text(encoding="utf-8"))
