@@ -103,7 +103,7 @@ def test_every_config_parses_with_the_train_parser(config: Path, capsys: pytest.
 
 def test_readme_train_config_example_parses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's annotated train config is a real one: the train parser takes it, keys and values."""
+    """The README's annotated train config is a real one (the train parser takes it) and shows the shipped settings."""
     fence = "`" * 3
     blocks = (ROOT / "README.md").read_text(encoding="utf-8").split(fence + "yaml\n")[1:]
     example = next(b.split(fence)[0] for b in blocks if b.startswith("task: product_classification"))
@@ -116,6 +116,9 @@ def test_readme_train_config_example_parses(tmp_path: Path, capsys: pytest.Captu
         assert parsed[key] == raw[key]
     assert {k: parsed["lora"][k] for k in raw["lora"]} == raw["lora"]
     assert {k: parsed["trainer"][k] for k in raw["trainer"]} == raw["trainer"]
+    shipped = yaml.safe_load((ROOT / "configs" / "product_classification.yaml").read_text(encoding="utf-8"))
+    for key in ("task", "model", "lora", "base_dropout", "lexical"):  # the example shows the shipped settings
+        assert raw[key] == shipped[key], key
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
