@@ -4,6 +4,7 @@
     head.safetensors                                  the task head (not for chat models)
     card.json                                         task, labels, base model + checksum, schema, metrics
     lexical.json, lexical.safetensors                 classifiers with a lexical part (ecomnlp/lexical.py)
+    members/<i>/ (adapter files, head.safetensors)    an ensemble's members after the first (ecomnlp/ensemble.py)
     kb.jsonl                                          chat models: the knowledge base they were trained on
     features.json, model.safetensors                  fraud tasks: the feature pipeline and the scorer's weights
                                                       (the adapter only when the task has text fields)
@@ -21,7 +22,7 @@ import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 CARD = "card.json"
 HEAD = "head.safetensors"
@@ -118,14 +119,19 @@ def write_card(directory: Path, card: dict[str, Any]) -> None:
 
 
 def save_artifact(out: str | Path, backbone: Any, adapter: str, head: Any, card: dict[str, Any],
-                  lexical: Any = None) -> Path:
+                  lexical: Any = None, members: Sequence[tuple[str, Any]] = ()) -> Path:
     """Write the task directory ``out`` atomically: readers see the old one or the new one.
-    ``lexical``: a classifier's lexical part (``ecomnlp.lexical.Lexical``), or None."""
+    ``lexical``: a classifier's lexical part (``ecomnlp.lexical.Lexical``), or None; ``members``: an ensemble's
+    other (adapter, head) pairs, written where ``member_dirs`` of ``card`` expects them."""
     from safetensors.torch import save_file
 
+    folders = member_dirs(card)
+    if len(folders) != len(members):
+        raise ValueError(f"the card describes {len(folders)} more ensemble members, {len(members)} were given")
     with atomic_dir(out) as tmp:
-        backbone.save_adapter(adapter, tmp)
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD))
+        for (name, module), folder in [((adapter, head), "."), *zip(members, folders)]:
+            backbone.save_adapter(name, tmp / folder)
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp / folder / HEAD))
         if lexical is not None:
             from .lexical import save_lexical
 
@@ -159,11 +165,17 @@ def required_files(card: dict[str, Any]) -> tuple[str, ...]:
         adapter = ADAPTER_FILES if card.get("lora") else ()
         users = ("user_features.json", "users.safetensors") if kind == RECO_KIND else ()
         return ("item_features.json", MODEL_WEIGHTS, "catalogue.safetensors", *users, *adapter)
+    members = tuple(f"{folder}/{f}" for folder in member_dirs(card) for f in (*ADAPTER_FILES, HEAD))
     if card.get("lexical"):
         from .lexical import LEXICAL_FILES
 
-        return (*ADAPTER_FILES, HEAD, *LEXICAL_FILES)
-    return (*ADAPTER_FILES, HEAD)
+        return (*ADAPTER_FILES, HEAD, *LEXICAL_FILES, *members)
+    return (*ADAPTER_FILES, HEAD, *members)
+
+
+def member_dirs(card: dict[str, Any]) -> list[str]:
+    """The folders of an ensemble's members after the first (which is the directory itself); none for one adapter."""
+    return [f"members/{i}" for i in range(1, len(card.get("ensemble", {}).get("members", [])))]
 
 
 def check_base(card: dict[str, Any], path: str | Path, base_dir: str | Path) -> None:

@@ -259,6 +259,24 @@ def merge_command(models: list[str], weights: list[float], out: str, combination
     print(f"merged adapter saved in {merge(models, weights, out, combination)}")
 
 
+def ensemble_command(models: list[str], data: DataConfig, out: str, lexical: bool = False, seed: int = 42) -> None:
+    """Average trained adapters of one task (e.g. one config trained with different seeds) into one task
+    directory; ``ecomnlp.load`` of it predicts with every member (one encoder pass each).
+
+    Prints validation (and test) metrics of the ensemble beside each member's alone.
+
+    Args:
+        models: trained task directories of the same task, labels, max length and base model.
+        data: the training, validation (and test) files; columns default to the first member's mapping.
+        out: new task directory to write; the members are not changed.
+        lexical: blend in a lexical part fitted on ``data.train``, its weight chosen on ``data.valid``.
+        seed: picks the rows when ``data.max_train_examples`` caps them, or the validation share of train.
+    """
+    from .ensemble import build_ensemble
+
+    print(json.dumps(build_ensemble(models, data, out, lexical, seed), indent=2, ensure_ascii=False))
+
+
 def evaluate_command(model: str | None = None, data: str | None = None, out: str | None = None,
                      columns: dict[str, str] | None = None, on_bad_row: Literal["skip", "fail"] = "skip",
                      batch_size: int = 64, suite: str | None = None) -> None:
@@ -547,6 +565,7 @@ COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_com
             "train-fraud": train_fraud_command, "train-reco": train_reco_command,
             "train-search": train_search_command, "chat": chat_command,
             "finetune": finetune_command, "add-lexical": add_lexical_command, "merge": merge_command,
+            "ensemble": ensemble_command,
             "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}
 

@@ -22,6 +22,9 @@ def merge(models: Sequence[str], weights: Sequence[float], out: str, combination
         raise ValueError("give at least two task directories and one weight per directory")
     cards = [read_card(m) for m in models]
     first = cards[0]
+    for path, card in zip(models, cards):
+        if card.get("ensemble"):
+            raise ValueError(f"{path} is an ensemble: merge its members' own task directories")
     for path, card in zip(models[1:], cards[1:]):
         for key in ("task", "pooling"):
             if card[key] != first[key]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .baselines import CJK
 from .classification import TextClassification
 from .lexical import row_text
-from .predictor import Inputs, as_texts, predict_logits
+from .predictor import Inputs, as_texts
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding
@@ -91,7 +91,7 @@ def explain(model: TaskModel, inputs: Inputs, top_k: int | None = 5, batch_size:
         per_text.append(units)
         variants.append(ids)
         variants += [[t for i, t in enumerate(ids) if i not in w.positions] for w in units]
-    logits = predict_logits(model.backbone, model.adapter, model.head, variants, batch_size, model.card["pooling"])
+    logits = model.id_logits(variants, batch_size)
     if model.lexical is not None:  # the same rows as text, each word cut out of its field, for the lexical part
         logits = model.lexical.blend(logits, _variant_texts(texts, per_text))
     probabilities = model.task.probabilities(logits)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, RECO_KIND, SEARCH_KIND, check_base, read_card
+from .artifact import CHAT_KIND, FRAUD_KIND, HEAD, RECO_KIND, SEARCH_KIND, check_base, member_dirs, read_card
 from .backbone import Backbone, Pooling
 from .data import LengthGroupedBatches, collate, tokenize
 from .lexical import Lexical, joined, load_lexical
@@ -77,13 +77,20 @@ def predict_logits(
     return logits
 
 
+def average_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """An ensemble's logits: its members' averaged (for a softmax classifier the same prediction as averaging
+    their log-probabilities, which differ from the logits by one constant per row)."""
+    return logits[0] if len(logits) == 1 else torch.stack(list(logits)).mean(0)
+
+
 class TaskModel:
     """One trained task: ``predict`` texts (or dicts of text fields) to decoded outputs."""
 
     def __init__(self, backbone: Backbone, adapter: str, task: Task, head: nn.Module, card: dict[str, Any],
-                 lexical: Lexical | None = None) -> None:
+                 lexical: Lexical | None = None, members: Sequence[tuple[str, nn.Module]] = ()) -> None:
         self.backbone, self.adapter, self.task, self.head, self.card = backbone, adapter, task, head, card
         self.lexical = lexical  # a classifier's lexical part, blended into its logits (ecomnlp.lexical)
+        self.members = list(members)  # an ensemble's other (adapter, head) pairs (ecomnlp.ensemble)
 
     @property
     def max_length(self) -> int:
@@ -98,9 +105,13 @@ class TaskModel:
             with torch.inference_mode():
                 device = next(self.head.parameters()).device
                 return self.head(torch.zeros(0, self.backbone.hidden_size, device=device)).float().cpu()
-        ids = tokenize(self.backbone.tokenizer, texts, self.max_length)
-        logits = predict_logits(self.backbone, self.adapter, self.head, ids, batch_size, self.card["pooling"])
+        logits = self.id_logits(tokenize(self.backbone.tokenizer, texts, self.max_length), batch_size)
         return self.lexical.blend(logits, joined(texts)) if self.lexical is not None else logits
+
+    def id_logits(self, ids: Sequence[Sequence[int]], batch_size: int = 64) -> torch.Tensor:
+        """The encoder's logits for token-id rows; an ensemble's are its members' logits averaged."""
+        return average_logits([predict_logits(self.backbone, adapter, head, ids, batch_size, self.card["pooling"])
+                               for adapter, head in [(self.adapter, self.head), *self.members]])
 
     def predict(self, inputs: Inputs, batch_size: int = 64) -> list[dict[str, Any]]:
         return self.task.decode(self.logits(inputs, batch_size))
@@ -136,18 +147,31 @@ class TaskModels(Mapping[str, TaskModel]):
         return self[task].predict(inputs, batch_size)
 
 
-def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = False) -> TaskModel:
-    """Load the task directory ``path`` as adapter ``name`` on an existing backbone."""
+def _load_head(task: Task, backbone: Backbone, folder: Path) -> nn.Module:
     from safetensors.torch import load_file
 
+    head = task.build_head(backbone.hidden_size)
+    head.load_state_dict(load_file(str(folder / HEAD)))
+    return head.to(next(backbone.parameters()).device).eval()
+
+
+def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = False) -> TaskModel:
+    """Load the task directory ``path`` as adapter ``name`` on an existing backbone (an ensemble's other
+    members as ``name-member1``, ...)."""
+    path = Path(path)
     card = read_card(path)
     check_base(card, path, backbone.base_dir)
+    if trainable and member_dirs(card):
+        raise ValueError(f"{path} is an ensemble of {len(member_dirs(card)) + 1} adapters: fine-tune each member's "
+                         f"own task directory (its card lists them), then build a new ensemble")
     task = build_task(card["task"], card["task_state"])
-    head = task.build_head(backbone.hidden_size)
-    head.load_state_dict(load_file(str(Path(path) / HEAD)))
-    head.to(next(backbone.parameters()).device).eval()
-    backbone.load_adapter(name, path, trainable=trainable)
-    return TaskModel(backbone, name, task, head, card, load_lexical(path) if card.get("lexical") else None)
+    head = _load_head(task, backbone, path)
+    members = []
+    for i, folder in enumerate(member_dirs(card), 1):
+        backbone.load_adapter(f"{name}-member{i}", path / folder)
+        members.append((f"{name}-member{i}", _load_head(task, backbone, path / folder)))
+    backbone.load_adapter(name, path, trainable=trainable)  # last: the active adapter
+    return TaskModel(backbone, name, task, head, card, load_lexical(path) if card.get("lexical") else None, members)
 
 
 def backbone_for(path: str | Path, base: str | None, device: str, dropout: float | None = None) -> Backbone:

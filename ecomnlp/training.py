@@ -292,6 +292,12 @@ def fit_blend(task: Task, train: Split, valid: Split, valid_logits: torch.Tensor
     return lexical
 
 
+def lexical_card(part: Lexical, prepared: Prepared) -> dict[str, Any]:
+    """What a card records of a lexical part added to a trained task: its settings and the rows it was fitted on."""
+    return {**part.describe(), "train_file": prepared.stats["train_file"],
+            "train_examples": prepared.stats["train_examples"], "valid_file": prepared.stats["valid_file"]}
+
+
 def _validate(backbone: Backbone, task: Task, head: nn.Module, prepared: Prepared, pooling: Pooling,
               batch_size: int, lexical: bool) -> tuple[dict[str, Any], Lexical | None]:
     """Validation metrics of the trained task; with ``lexical``, first fit its lexical part (weight chosen on
@@ -403,7 +409,7 @@ def finetune(
     started = time.perf_counter()
     L.seed_everything(trainer.seed, workers=True)
     card = read_card(source)
-    base_dropout = card["training"].get("base_dropout")  # as the source trained
+    base_dropout = card.get("training", {}).get("base_dropout")  # as the source trained (an ensemble: refused below)
     backbone = backbone_for(source, None, "cpu", base_dropout)
     model = attach(backbone, source, card["task"], trainable=True)
     the_task, head, pooling = model.task, model.head, card["pooling"]
@@ -458,6 +464,8 @@ def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict
 
     started = time.perf_counter()
     card = read_card(source)
+    if card.get("ensemble"):
+        raise ValueError(f"{source} is an ensemble: build it again with a lexical part (`ecomnlp ensemble --lexical true`)")
     backbone = backbone_for(source, None, "cpu")
     model = attach(backbone, source, card["task"])
     check_blendable(model.task)
@@ -466,9 +474,7 @@ def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict
     metrics, part = _evaluate(backbone, model.task, model.head, prepared, card["pooling"], data.eval_batch_size,
                               lexical=True)
     wall = round(time.perf_counter() - started, 1)
-    new_card = {**card, "lexical": {**part.describe(), "train_file": prepared.stats["train_file"],
-                                    "train_examples": prepared.stats["train_examples"],
-                                    "valid_file": prepared.stats["valid_file"], "wall_time_s": wall},
+    new_card = {**card, "lexical": {**lexical_card(part, prepared), "wall_time_s": wall},
                 "metrics": metrics, "lexical_added_to": {"path": str(source), "metrics": card.get("metrics")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_artifact(out, backbone, model.adapter, model.head, new_card, part)

@@ -2,13 +2,16 @@
 TF-IDF + logistic-regression baseline on the same split in the same run. Writes
 reports/bench_quality.json and the README results table (between the bench_quality markers).
 
-    python scripts/bench_quality.py [--zh-train-examples N] [--only NAME ...] [--add-lexical]
+    python scripts/bench_quality.py [--zh-train-examples N] [--only NAME ...] [--add-lexical | --ensemble-seeds N ...]
 
 `--zh-train-examples` caps the Chinese training rows (a seeded random subset, the same one the
 baseline is also fitted on); the table states how many rows and steps produced each figure.
 `--add-lexical` trains nothing: it adds a lexical part (`ecomnlp add-lexical`: TF-IDF + LR on the same
 training rows, blend weight chosen on validation) to each case's trained directory from an earlier run
 and fills the table's blend column; the encoder-alone and TF-IDF-alone figures of that run sit beside it.
+`--ensemble-seeds N ...` averages each case's trained directory from an earlier run with adapters of the same
+config trained with seeds N ... (`ecomnlp ensemble`, the config's lexical part fitted again), and adds a second
+table: test accuracy of the average, and the validation accuracies that choose between one adapter and it.
 """
 from __future__ import annotations
 
@@ -66,6 +69,46 @@ def add_lexical_case(case: Case, zh_limit: int | None, out_root: Path) -> dict:
                        args["trainer"].seed)
 
 
+_SAME_RUN = ("lora", "max_length", "base_dropout")  # card fields an ensemble member must share with the first
+
+
+def ensemble_case(case: Case, seeds: list[int], zh_limit: int | None, out_root: Path) -> dict:
+    """The case's trained directory (``out_root/<case>``, from an earlier run) averaged with one adapter per extra
+    seed (``out_root/<case>.seed<N>``, the same config): ``ecomnlp ensemble`` into ``out_root/<case>.ensemble``.
+    A member directory that an earlier call left with the same seed and settings is reused, not trained again."""
+    import ecomnlp
+    from ecomnlp.artifact import read_card
+    from ecomnlp.cli import train_arguments
+    from ecomnlp.ensemble import build_ensemble
+
+    cap = ["--data.max_train_examples", str(zh_limit)] if zh_limit and case.chinese else []
+    first = read_card(out_root / case.name)
+
+    def settings(card: dict) -> tuple:
+        t = card["training"]
+        return tuple(card.get(k, t.get(k)) for k in _SAME_RUN) + (t["train_examples"], t["steps"])
+
+    members, cards = [out_root / case.name], [first]
+    for seed in seeds:
+        path = out_root / f"{case.name}.seed{seed}"
+        card = read_card(path) if (path / "card.json").exists() else None
+        if card is None or card["training"]["seed"] != seed or settings(card) != settings(first):
+            print(f"training {path} (seed {seed})", flush=True)
+            ecomnlp.train(**train_arguments(str(ROOT / case.config), ["--out", str(path), "--trainer.progress_bar",
+                                                                      "false", "--trainer.seed", str(seed), *cap]))
+            card = read_card(path)
+        else:
+            print(f"reusing {path} (seed {seed}, trained {card['created']})", flush=True)
+        members.append(path)
+        cards.append(card)
+    args = train_arguments(str(ROOT / case.config), cap)
+    summary = build_ensemble([str(m) for m in members], args["data"], str(out_root / f"{case.name}.ensemble"),
+                             bool(args["lexical"]), args["trainer"].seed)
+    return {**summary, "seeds": [c["training"]["seed"] for c in cards],
+            "train_wall_time_s": [c["training"]["wall_time_s"] for c in cards],
+            "member_valid": [c["metrics"]["valid"] for c in cards]}
+
+
 def _blend(r: dict) -> tuple[dict, float] | None:
     """(test metrics, weight) of the case with its lexical part: fitted in training (the config's ``lexical``)
     or added later (``--add-lexical``, which wins); None if neither."""
@@ -105,6 +148,32 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ensemble_table(results: list[dict]) -> str:
+    """One row per case averaged over seeds (``--ensemble-seeds``): test accuracy of the members averaged, with
+    the lexical part, and the validation accuracies that would choose between one adapter and the average."""
+    rows = [r for r in results if "ensemble" in r]
+    if not rows:
+        return ""
+    lines = [
+        "| task (test split) | adapters averaged (seeds) | ours: accuracy, averaged | + lexical part | goal | "
+        "validation, one adapter → averaged (with lexical part) | train wall time, all members |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        e = r["ensemble"]
+        test, valid, one = e["metrics"]["test"], e["metrics"]["valid"], e["member_valid"][0]
+        encoder = test.get("encoder", test)["accuracy"]
+        blend = f"{test['accuracy']:.2%} (w={e['lexical_weight']:.2f})" if "encoder" in test else "—"
+        mark = "met" if test["accuracy"] >= r["goal"] else "not met"
+        lexical = (f" ({one['accuracy']:.2%} → {valid['accuracy']:.2%})" if "encoder" in valid else "")
+        lines.append(
+            f"| {r['case']} ({test['examples']} rows) | {len(e['seeds'])} ({', '.join(map(str, e['seeds']))}) | "
+            f"**{encoder:.2%}** | {blend} | {r['goal']:.1%} ({mark}) | "
+            f"{one.get('encoder', one)['accuracy']:.2%} → {valid.get('encoder', valid)['accuracy']:.2%}{lexical} | "
+            f"{' + '.join(f'{t / 60:.1f}' for t in e['train_wall_time_s'])} min |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zh-train-examples", type=int, default=None, help="cap on Chinese training rows")
@@ -113,19 +182,26 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     parser.add_argument("--add-lexical", action="store_true",
                         help="train nothing: add a lexical part to each case trained by an earlier run")
+    parser.add_argument("--ensemble-seeds", nargs="+", type=int, default=None,
+                        help="average each case trained by an earlier run with adapters of these seeds")
     opts = parser.parse_args()
     os.chdir(ROOT)
     report_path = ROOT / "reports" / "bench_quality.json"
     # Each row is one case trained and baselined in one run; `--only` refreshes some rows, keeps the others.
-    previous = json.loads(report_path.read_text()) if report_path.exists() and (opts.only or opts.add_lexical) else []
+    reuse = opts.only or opts.add_lexical or opts.ensemble_seeds
+    previous = json.loads(report_path.read_text()) if report_path.exists() and reuse else []
     results = {r["case"]: r for r in previous}
     for case in CASES:
         if opts.only and case.name not in opts.only:
             continue
         print(f"== {case.name}", flush=True)
-        if opts.add_lexical:
-            if case.name not in results:
-                raise SystemExit(f"{report_path} has no row for {case.name}: run this script without --add-lexical first")
+        if (opts.add_lexical or opts.ensemble_seeds) and case.name not in results:
+            raise SystemExit(f"{report_path} has no row for {case.name}: run this script for it without "
+                             "--add-lexical or --ensemble-seeds first")
+        if opts.ensemble_seeds:
+            results[case.name]["ensemble"] = ensemble_case(case, opts.ensemble_seeds, opts.zh_train_examples,
+                                                           Path(opts.out))
+        elif opts.add_lexical:
             lexical = add_lexical_case(case, opts.zh_train_examples, Path(opts.out))
             trained_on = results[case.name]["ours"]["train_examples"]
             if lexical["lexical"]["train_examples"] != trained_on:
@@ -137,7 +213,8 @@ def main() -> None:
         report_path.parent.mkdir(exist_ok=True)
         report_path.write_text(json.dumps(list(results.values()), indent=2, ensure_ascii=False))
         print(json.dumps(results[case.name], indent=2, ensure_ascii=False), flush=True)
-    text = table([results[c.name] for c in CASES if c.name in results])
+    ordered = [results[c.name] for c in CASES if c.name in results]
+    text = "\n\n".join(filter(None, [table(ordered), ensemble_table(ordered)]))
     print(text)
     if not opts.no_readme:
         write_readme_section("bench_quality", text)
