@@ -10,8 +10,9 @@ baseline is also fitted on); the table states how many rows and steps produced e
 training rows, blend weight chosen on validation) to each case's trained directory from an earlier run
 and fills the table's blend column; the encoder-alone and TF-IDF-alone figures of that run sit beside it.
 `--ensemble-seeds N ...` averages each case's trained directory from an earlier run with adapters of the same
-config trained with seeds N ... (`ecomnlp ensemble`, the config's lexical part fitted again), and adds a second
-table: test accuracy of the average, and the validation accuracies that choose between one adapter and it.
+config trained with seeds N ... (`ecomnlp ensemble`, the config's lexical part fitted again) and writes a second
+table (between the bench_quality_ensemble markers): test accuracy of the average, and the validation accuracies
+that choose between one adapter and it.
 """
 from __future__ import annotations
 
@@ -214,10 +215,12 @@ def main() -> None:
         report_path.write_text(json.dumps(list(results.values()), indent=2, ensure_ascii=False))
         print(json.dumps(results[case.name], indent=2, ensure_ascii=False), flush=True)
     ordered = [results[c.name] for c in CASES if c.name in results]
-    text = "\n\n".join(filter(None, [table(ordered), ensemble_table(ordered)]))
+    # --ensemble-seeds changes only the ensembles' table; the other modes only the main one
+    section, text = (("bench_quality_ensemble", ensemble_table(ordered)) if opts.ensemble_seeds
+                     else ("bench_quality", table(ordered)))
     print(text)
     if not opts.no_readme:
-        write_readme_section("bench_quality", text)
+        write_readme_section(section, text)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,34 @@ def test_readme_train_config_example_parses(tmp_path: Path, capsys: pytest.Captu
         assert raw[key] == shipped[key], key
 
 
+def _readme_commands() -> list[list[str]]:
+    """The ``ecomnlp ...`` command lines of the README's bash blocks (continuations joined, comments cut), except
+    those that show optional arguments in brackets or read a config that only an earlier command writes."""
+    import shlex
+
+    fence = "`" * 3
+    commands = []
+    for block in (ROOT / "README.md").read_text(encoding="utf-8").split(fence + "bash\n")[1:]:
+        for line in block.split(fence)[0].replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            config = words[words.index("--config") + 1] if "--config" in words else None
+            if words[:1] == ["ecomnlp"] and " [--" not in line and (config is None or (ROOT / config).exists()):
+                commands.append(words[1:])
+    return commands
+
+
+@pytest.mark.parametrize("command", _readme_commands(), ids=lambda c: " ".join(c)[:60])
+def test_readme_commands_parse(command: list[str], capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command line the README shows is accepted by the command line (parsed, not run)."""
+    from ecomnlp.cli import main
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--print_config"])
+    assert exit_info.value.code in (0, None), capsys.readouterr().err
+
+
 @pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.name)
 def test_every_suite_config_names_models_and_test_files(suite: Path) -> None:
     spec = yaml.safe_load(suite.read_text(encoding="utf-8"))
