@@ -41,7 +41,7 @@ def merge(models: Sequence[str], weights: Sequence[float], out: str, combination
     head.load_state_dict({k: sum(w / total * p.head.state_dict()[k] for p, w in zip(parts, weights))
                           for k in head.state_dict()})
     card: dict[str, Any] = {
-        **{k: v for k, v in first.items() if k not in ("training", "metrics", "format_version")},
+        **{k: v for k, v in first.items() if k not in ("training", "metrics", "format_version", "lexical")},
         "lora": {**first["lora"], "merged": combination},
         "merged_from": [{"path": str(m), "weight": w} for m, w in zip(models, weights)],
         "metrics": {},

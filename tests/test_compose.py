@@ -54,3 +54,20 @@ def test_merge_refuses_different_tasks(two_domains: tuple[Path, Path], tmp_path:
     with pytest.raises(ValueError, match="task 'product_classification' differs"):
         merge([str(two_domains[0]), str(category)], [0.5, 0.5], str(tmp_path / "never"))
     assert not (tmp_path / "never").exists()
+
+
+def test_merging_classifiers_with_lexical_parts_keeps_the_encoder_part_only(tiny_encoder: Path, sentiment_csv: Path,
+                                                                           tmp_path: Path) -> None:
+    """The merged directory loads (its card does not promise a lexical part it lacks) and predicts without one."""
+    from ecomnlp.compose import merge
+
+    sources = [tmp_path / "a", tmp_path / "b"]
+    for path, seed in zip(sources, (1, 7)):
+        quick_train("review_sentiment", sentiment_csv, path, tiny_encoder, columns={"text": "review"}, epochs=1,
+                    trainer={"seed": seed}, lexical=True)
+    merge([str(p) for p in sources], [1.0, 0.0], str(tmp_path / "m"))
+    merged, first = ecomnlp.load(tmp_path / "m"), ecomnlp.load(sources[0])
+    assert first.lexical is not None and merged.lexical is None
+    assert "lexical" not in json.loads((tmp_path / "m" / "card.json").read_text())
+    first.lexical = None
+    assert torch.allclose(merged.logits(TEXTS), first.logits(TEXTS), atol=1e-5)
