@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .artifact import member_dirs, read_card, save_artifact
+from .artifact import read_card, save_artifact
 from .config import DataConfig
 from .predictor import attach, average_logits, backbone_for, predict_logits
 from .training import fit_blend, lexical_card, prepare, split_metrics
@@ -27,7 +27,7 @@ def _check_members(models: Sequence[str], cards: Sequence[dict[str, Any]]) -> No
         raise ValueError("an ensemble needs at least two trained task directories")
     first = cards[0]
     for path, card in zip(models, cards):
-        if card.get("kind") or member_dirs(card):
+        if card.get("kind") or card.get("ensemble"):
             raise ValueError(f"{path} is not a single trained text task (kind {card.get('kind', 'ensemble')!r}); "
                              "an ensemble's members are directories written by `ecomnlp train` or `finetune`")
         for key in _SHARED:

@@ -161,7 +161,7 @@ def attach(backbone: Backbone, path: str | Path, name: str, trainable: bool = Fa
     path = Path(path)
     card = read_card(path)
     check_base(card, path, backbone.base_dir)
-    if trainable and member_dirs(card):
+    if trainable and card.get("ensemble"):
         raise ValueError(f"{path} is an ensemble of {len(member_dirs(card)) + 1} adapters: fine-tune each member's "
                          f"own task directory (its card lists them), then build a new ensemble")
     task = build_task(card["task"], card["task_state"])

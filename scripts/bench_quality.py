@@ -152,15 +152,12 @@ def table(results: list[dict]) -> str:
 def ensemble_table(results: list[dict]) -> str:
     """One row per case averaged over seeds (``--ensemble-seeds``): test accuracy of the members averaged, with
     the lexical part, and the validation accuracies that would choose between one adapter and the average."""
-    rows = [r for r in results if "ensemble" in r]
-    if not rows:
-        return ""
     lines = [
         "| task (test split) | adapters averaged (seeds) | ours: accuracy, averaged | + lexical part | goal | "
         "validation, one adapter → averaged (with lexical part) | train wall time, all members |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in [r for r in results if "ensemble" in r]:
         e = r["ensemble"]
         test, valid, one = e["metrics"]["test"], e["metrics"]["valid"], e["member_valid"][0]
         encoder = test.get("encoder", test)["accuracy"]
