@@ -438,6 +438,26 @@ def predict_command(model: str, text: list[str]) -> None:
         print(json.dumps(row, ensure_ascii=False))
 
 
+def serve_command(models: list[str] | dict[str, str], host: str = "127.0.0.1", port: int = 8000,
+                  base: str | None = None, device: str = "cpu") -> None:
+    """Serve trained directories over HTTP for real-time calls (FastAPI + uvicorn, ``ecomnlp.serving``).
+
+    Routes: POST /predict/NAME (classifiers), /score/NAME (fraud), /recommend/NAME, /rank/NAME (search),
+    /chat/NAME; GET /models, /health, /docs.
+
+    Args:
+        models: trained directories, named by folder (``'[runs/sentiment, runs/fraud]'``) or as a mapping
+            (``'{sentiment: runs/sentiment-zh}'``); the classifiers share one base model in memory.
+        host: address to listen on (0.0.0.0 for every interface).
+        port: TCP port.
+        base: base model name or folder for the encoder tasks; default: each task's own.
+        device: cpu, cuda, ...
+    """
+    from .serving import serve
+
+    serve(models, host, port, base, device)
+
+
 def cluster_command(data: str, text: str, out: str, model: str | None = None, base: str | None = None,
                     k: int | Literal["auto"] = "auto", max_k: int = 20, batch_size: int = 64, seed: int = 0) -> None:
     """Cluster the texts of one column (e.g. product titles); write clusters.csv, clusters.json and map.png.
@@ -566,7 +586,7 @@ COMMANDS = {"models": models_command, "tasks": tasks_command, "train": train_com
             "train-search": train_search_command, "chat": chat_command,
             "finetune": finetune_command, "add-lexical": add_lexical_command, "merge": merge_command,
             "ensemble": ensemble_command,
-            "evaluate": evaluate_command, "predict": predict_command, "cluster": cluster_command,
+            "evaluate": evaluate_command, "predict": predict_command, "serve": serve_command, "cluster": cluster_command,
             "cv": cv_command, "tune": tune_command}
 
 

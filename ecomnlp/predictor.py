@@ -30,13 +30,19 @@ def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
         inputs = [inputs]
     rows = list(inputs)
     if rows and isinstance(rows[0], Mapping):
-        missing = [f for f in fields if f not in rows[0]]
-        if missing:
-            raise KeyError(f"inputs lack field(s) {missing}; this task reads {list(fields)}")
+        for i, row in enumerate(rows, 1):
+            if not isinstance(row, Mapping):
+                raise TypeError(f"input {i} is a {type(row).__name__}, the first a dict: pass all texts or all dicts")
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise KeyError(f"input {i} lacks field(s) {missing}; this task reads {list(fields)}")
         return [[str(r[f]) for r in rows] for f in fields]
     if len(fields) != 1:
         raise TypeError(f"this task reads {list(fields)}: pass dicts with those keys")
-    return [[str(r) for r in rows]]
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, str):
+            raise TypeError(f"input {i} is a {type(row).__name__}, the first a text: pass all texts or all dicts")
+    return [rows]
 
 
 @torch.inference_mode()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import NEGATIVE, POSITIVE, SUPPORT_DIALOGUES, SUPPORT_KB, SUPPORT_QUESTIONS, write_csv, write_jsonl
+from conftest import (NEGATIVE, POSITIVE, SUPPORT_DIALOGUES, SUPPORT_KB, SUPPORT_QUESTIONS, quick_train, write_csv,
+                      write_jsonl)
 
 ROOT = Path(__file__).resolve().parents[1]
 HOTEL = [("酒店早餐很好", "1"), ("酒店服务很专业", "1"), ("酒店早餐很难吃", "0"), ("酒店服务太慢", "0")]
@@ -124,3 +125,18 @@ def test_bench_chat(tmp_path: Path, tiny_encoder: Path, tiny_lm: Path) -> None:
     assert again["training"]["reused"] and again["training"]["steps"] == 2
     assert again["perplexity"] == r["perplexity"] and again["recall"] == r["recall"]
     assert [x["reply"] for x in again["ours"]["replies"]] == [x["reply"] for x in r["ours"]["replies"]]
+
+
+def test_bench_serve(tmp_path: Path, tiny_encoder: Path, sentiment_csv: Path) -> None:
+    quick_train("review_sentiment", sentiment_csv, tmp_path / "model", tiny_encoder, columns={"text": "review"},
+                epochs=1)
+    report = tmp_path / "bench_serve.json"
+    _run_script("scripts/bench_serve.py", "--model", str(tmp_path / "model"), "--data", str(sentiment_csv),
+                "--requests", "6", "--batch", "4", "--batches", "2", "--report", str(report))
+    r = json.loads(report.read_text(encoding="utf-8"))
+    assert (r["single"]["http"]["calls"], r["single"]["python"]["calls"], r["batch"]["http"]["calls"]) == (6, 6, 2)
+    for part in ("single", "batch"):
+        python, http = r[part]["python"], r[part]["http"]
+        assert 0 < python["median_ms"] <= python["p95_ms"] and 0 < http["median_ms"] <= http["p95_ms"]
+        assert r[part]["ratio_median"] == round(http["median_ms"] / python["median_ms"], 2)
+    assert r["task"] == "review_sentiment" and r["server_startup_s"] > 0

@@ -77,8 +77,14 @@ def test_loaded_model_reproduces_in_memory_predictions(sentiment: dict[str, Any]
     assert torch.allclose(model.logits(TEXTS, batch_size=1), expected, atol=1e-5, rtol=0)
     assert torch.allclose(model.logits([{"text": t} for t in TEXTS]), logits, atol=1e-6, rtol=0)
     assert model.predict(TEXTS[0]) == model.predict([TEXTS[0]])
-    with pytest.raises(KeyError, match="lack field"):
+    with pytest.raises(KeyError, match=r"input 1 lacks field\(s\) \['text'\]"):
         model.predict([{"review": "x"}])
+    with pytest.raises(KeyError, match=r"input 2 lacks field"):  # every row is checked, not the first only
+        model.predict([{"text": "x"}, {"review": "x"}])
+    with pytest.raises(TypeError, match="input 2 is a str, the first a dict"):
+        model.predict([{"text": "x"}, "y"])
+    with pytest.raises(TypeError, match="input 2 is a NoneType, the first a text"):  # not predicted as "None"
+        model.predict(["x", None])
     assert model.predict([]) == [] and model.logits([]).shape == (0, 2)
 
 
