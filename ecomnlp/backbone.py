@@ -59,6 +59,7 @@ class Backbone(nn.Module):
             self.encoder.add_adapter(name, config)
         else:
             self.encoder = get_peft_model(self.encoder, config, adapter_name=name)
+        self.train(self.training)  # the new adapter's modules in the backbone's mode (peft builds them training)
         self.use(name, trainable=True)
 
     def load_adapter(self, name: str, path: str | Path, trainable: bool = False) -> None:
@@ -67,6 +68,7 @@ class Backbone(nn.Module):
             self.encoder.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
         else:
             self.encoder = PeftModel.from_pretrained(self.encoder, str(path), adapter_name=name, is_trainable=trainable)
+        self.train(self.training)
         self.use(name, trainable=trainable)
 
     def use(self, name: str, trainable: bool = False) -> None:

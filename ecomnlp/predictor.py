@@ -53,11 +53,12 @@ def embed(
 
     ``adapter`` is the adapter to run through, or None for the base model alone.
     """
-    if adapter is not None:
+    if adapter is not None and backbone.encoder.active_adapter != adapter:  # switching costs a pass over the modules
         backbone.use(adapter)
     base_only = backbone.encoder.disable_adapter() if adapter is None and backbone.adapters else nullcontext()
     was_training = backbone.training
-    backbone.eval()
+    if was_training:  # the modules follow the backbone's mode (Backbone keeps new adapters in it)
+        backbone.eval()
     device = next(backbone.parameters()).device
     vectors = torch.empty(len(ids), backbone.hidden_size)
     pad = backbone.tokenizer.pad_token_id
@@ -65,7 +66,8 @@ def embed(
         for batch in LengthGroupedBatches([len(x) for x in ids], batch_size, shuffle=False):
             tensors = {k: v.to(device) for k, v in collate([ids[i] for i in batch], pad).items()}
             vectors[batch] = backbone(**tensors, pooling=pooling).float().cpu()
-    backbone.train(was_training)
+    if was_training:
+        backbone.train()
     return vectors
 
 

@@ -166,3 +166,16 @@ def test_base_dropout_zero_removes_the_base_noise_while_training(tiny_encoder: P
     assert agree == {None: False, 0.0: True}
     with pytest.raises(ValueError, match="base dropout must be in"):
         Backbone(tiny_encoder, dropout=1.0)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_new_adapters_take_the_backbones_mode(backbone: Backbone, tmp_path: Path, mode: str) -> None:
+    """``embed`` trusts the backbone's own flag (it skips ``eval()`` when it is already off), so adapters added or
+    loaded later must not bring modules in the other mode (peft builds them training): LoRA dropout would run."""
+    lora = lora_config(LoraSettings(r=4, alpha=8, dropout=0.5, target_modules=["query", "value"]))
+    backbone.add_adapter("saved", lora)
+    backbone.save_adapter("saved", tmp_path)
+    backbone.train(mode == "train")
+    backbone.add_adapter("added", lora_config(LoraSettings(r=4, alpha=8, dropout=0.5, target_modules=["query"])))
+    backbone.load_adapter("loaded", tmp_path)
+    assert {m.training for m in backbone.modules()} == {mode == "train"}
