@@ -36,7 +36,7 @@ def _ecomnlp() -> list[str]:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--help"], ["train", "evaluate", "predict", "models", "tasks", "add-lexical"]),
+        (["--help"], ["train", "evaluate", "predict", "models", "tasks", "add-lexical", "serve"]),
         (["train", "--help"], ["--data.columns", "--trainer.max_steps", "--task_options", "--lora.r", "--config"]),
         (["evaluate", "--help"], ["--model", "--data", "--out", "--on_bad_row"]),
         (["predict", "--help"], ["--model", "--text"]),
