@@ -122,12 +122,14 @@ def load_models(models: Sequence[str | Path] | Mapping[str, str | Path], base: s
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: NaN (an unknown item's score) as null, numpy scalars and arrays as Python values."""
+    """JSON-ready: NaN (an unknown item's score, a missing field's value) as null, numpy values as Python ones."""
     if hasattr(value, "tolist"):
         value = value.tolist()
     if isinstance(value, float) and math.isnan(value):
         return None
-    if isinstance(value, list):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
 
@@ -149,10 +151,10 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
         return served.model
 
     def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """``fn`` under the lock; the library's input errors become 422 with their message."""
+        """``fn`` under the lock, its answer JSON-ready; the library's input errors become 422 with their message."""
         try:
             with lock:
-                return fn(*args, **kwargs)
+                return _plain(fn(*args, **kwargs))
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPException(422, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
@@ -174,14 +176,14 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
     @app.post("/score/{name}")
     def score(name: str, request: ScoreRequest) -> dict[str, Any]:
         model = model_of(name, FRAUD_KIND)
-        return {"results": _plain(call(model.score, request.records, request.explain, request.top_k))}
+        return {"results": call(model.score, request.records, request.explain, request.top_k)}
 
     @app.post("/recommend/{name}")
     def recommend(name: str, request: RecommendRequest) -> dict[str, Any]:
         model = model_of(name, RECO_KIND)
         if request.items is not None:
             scores = call(model.score, request.user, request.items, request.history, request.features)
-            return {"scores": _plain(scores)}
+            return {"scores": scores}
         return {"items": call(model.recommend, request.user, request.k, request.history, request.features,
                               request.exclude_seen, request.exclude)}
 
@@ -189,7 +191,7 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
     def rank(name: str, request: RankRequest) -> dict[str, Any]:
         model = model_of(name, SEARCH_KIND)
         if request.items is not None:
-            return {"scores": _plain(call(model.score, request.query, request.items))}
+            return {"scores": call(model.score, request.query, request.items)}
         return {"items": call(model.rank, request.query, request.k)}
 
     @app.post("/chat/{name}", response_model=None)

@@ -168,6 +168,17 @@ def test_folders_name_the_models_unless_a_mapping_does(tmp_path: Path) -> None:
         _names([])
 
 
+def test_answers_are_plain_json() -> None:
+    """Starlette refuses NaN: a missing field's value or an unknown item's score goes out as null."""
+    import numpy as np
+
+    from ecomnlp.serving import _plain
+
+    answer = _plain({"a": [np.float64("nan"), np.int64(2)], "b": ({"c": float("nan")}, np.array([0.5]))})
+    assert answer == {"a": [None, 2], "b": [{"c": None}, [0.5]]}
+    json.dumps(answer, allow_nan=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
