@@ -11,7 +11,7 @@ chat directories are loaded as ``ecomnlp.load`` loads them. Each model has the r
     GET  /models, GET /health
 
 Calls run one at a time (a lock): the tasks share one base whose active adapter is switched per call, and two
-calls on 2 CPU cores gain nothing from running side by side. Bad input answers 422 with the library's message
+calls on 2 CPU cores gain nothing from running side by side. A streamed chat reply takes the lock per piece. Bad input answers 422 with the library's message
 (row and field named); a model of another kind under that name answers 404 naming the route to use.
 """
 from __future__ import annotations
@@ -138,9 +138,9 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
               device: str = "cpu") -> FastAPI:
     """A FastAPI app serving the trained directories ``models`` (a list, named by folder, or {name: path})."""
     loaded = load_models(models, base, device)
-    lock = threading.Lock()
+    lock = threading.Lock()  # around every model call
     app = FastAPI(title="ecomnlp", description="Trained e-commerce NLP tasks on one shared encoder.")
-    app.state.models = loaded  # {name: Served}: the objects the routes call
+    app.state.models, app.state.lock = loaded, lock  # {name: Served}: the objects the routes call
 
     def model_of(name: str, kind: str) -> Any:
         if name not in loaded:
@@ -204,9 +204,18 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
         grounding = call(bot.ground, messages)
 
         def events() -> Iterator[str]:
-            with lock:  # held while the reply streams; released when it ends or the client goes away
-                for piece in bot.stream(messages, grounding, **settings):
+            """The lock is taken for each piece, never held while a piece waits for the client: a client that goes
+            away blocks nothing, and other calls run between pieces (the bot keeps no state between them)."""
+            pieces = bot.stream(messages, grounding, **settings)
+            try:
+                while True:
+                    with lock:
+                        piece = next(pieces, None)
+                    if piece is None:
+                        break
                     yield f"data: {json.dumps({'delta': piece}, ensure_ascii=False)}\n\n"
+            finally:
+                pieces.close()
             top = grounding.hits[0].score if grounding.hits else None
             done = {"done": True, "sources": grounding.sources, "handoff": grounding.handoff, "score": top}
             yield f"data: {json.dumps(done)}\n\n"

@@ -123,6 +123,25 @@ def test_streamed_chat_is_the_reply_in_pieces(served: dict) -> None:
         {k: reply[k] for k in ("sources", "handoff", "score")}
 
 
+def test_a_streamed_reply_holds_the_lock_only_while_it_computes(served: dict) -> None:
+    """Between two pieces (while the client reads, or has gone away) other calls can run."""
+    import asyncio
+
+    from ecomnlp.serving import ChatRequest
+
+    app = served["client"].app
+    route = next(r for r in app.routes if getattr(r, "path", "") == "/chat/{name}")
+    response = route.endpoint("support", ChatRequest(messages=MESSAGES, stream=True, num_beams=1, max_new_tokens=12))
+
+    async def read() -> tuple[bool, list[str]]:
+        events = [await anext(response.body_iterator)]
+        held = app.state.lock.locked()
+        return held, events + [e async for e in response.body_iterator]
+
+    held, events = asyncio.run(read())
+    assert not held and len(events) > 2 and json.loads(events[-1][len("data: "):])["done"]
+
+
 BAD = [  # route, body, status, a part of the answer's detail
     ("/predict/sentiment", {"inputs": []}, 422, "at least 1 item"),
     ("/predict/sentiment", {"inputs": ["x"] * 257}, 422, "at most 256 items"),
