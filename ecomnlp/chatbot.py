@@ -92,19 +92,24 @@ class SupportBot:
         (max_new_tokens, temperature, top_p, stop, seed, num_beams)."""
         grounding = grounding or self.ground(messages)
         if grounding.handoff:
-            yield self.task.handoff(grounding.question)
-            return
-        options = dataclasses.replace(self.settings, **settings)
-        ids = self.prompt(messages, grounding, options.max_new_tokens)
-        with nullcontext() if self.use_adapter else self.model.disable_adapter():
-            yield from stream(self.model, self.tokenizer, ids, options)
+            reply = self.task.handoff(grounding.question)
+            yield reply
+        else:
+            options = dataclasses.replace(self.settings, **settings)
+            ids = self.prompt(messages, grounding, options.max_new_tokens)
+            pieces = []
+            with nullcontext() if self.use_adapter else self.model.disable_adapter():
+                for piece in stream(self.model, self.tokenizer, ids, options):
+                    pieces.append(piece)
+                    yield piece
+            reply = "".join(pieces).strip()
+        log.info("assistant: %s", mask_pii(reply))
 
     def chat(self, messages: list[Message], **settings: Any) -> dict[str, Any]:
         """The reply as an assistant message plus the ids of the passages it was given, the top
         retrieval score, and whether it hands the customer to a human."""
         grounding = self.ground(messages)
         content = "".join(self.stream(messages, grounding, **settings)).strip()
-        log.info("assistant: %s", mask_pii(content))
         top = grounding.hits[0].score if grounding.hits else None
         return {"role": "assistant", "content": content, "sources": grounding.sources, "handoff": grounding.handoff,
                 "score": top}

@@ -127,6 +127,7 @@ def test_the_lm_reranks_with_its_base_weights(trained: tuple[Path, dict]) -> Non
 
 def test_customer_text_is_logged_with_pii_masked(trained: tuple[Path, dict], caplog: pytest.LogCaptureFixture) -> None:
     import ecomnlp
+    from ecomnlp.pii import mask_pii
 
     bot = ecomnlp.load(trained[0])
     with caplog.at_level(logging.INFO, logger="ecomnlp.chatbot"):
@@ -135,6 +136,14 @@ def test_customer_text_is_logged_with_pii_masked(trained: tuple[Path, dict], cap
     logged = caplog.text
     assert "A12345678" not in logged and "jo@example.com" not in logged
     assert "[ORDER]" in logged and "[EMAIL]" in logged
+    # the reply is logged once, whether it is asked for whole or streamed (as `ecomnlp serve` streams it)
+    for ask in (lambda m: bot.chat(m, max_new_tokens=2)["content"],
+                lambda m: "".join(bot.stream(m, max_new_tokens=2)).strip()):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ecomnlp.chatbot"):
+            reply = ask([{"role": "user", "content": "can I return a lamp?"}])
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("assistant: ")] == \
+            [f"assistant: {mask_pii(reply)}"]
 
 
 def test_cli_chat_repl_streams_and_logs_masked(trained: tuple[Path, dict], tmp_path: Path,
