@@ -49,6 +49,11 @@ class Backbone(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.encoder.peft_config) if isinstance(self.encoder, PeftModel) else []
 
+    @property
+    def active(self) -> str | None:
+        """The active adapter's name; None without adapters."""
+        return self.encoder.active_adapter if isinstance(self.encoder, PeftModel) else None
+
     def add_adapter(self, name: str, config: LoraConfig) -> None:
         """A new trainable adapter ``name``, made active."""
         if name in self.adapters:

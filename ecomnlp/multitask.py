@@ -143,7 +143,7 @@ class MultiTaskModule(TrainableModule):
         """Activate the task's adapter. peft's set_adapter freezes the other adapters: make them
         trainable again, so that the optimizer, the checkpoints and DDP see all of them."""
         adapter = self.adapters[name]
-        if self.backbone.encoder.active_adapter != adapter:
+        if self.backbone.active != adapter:
             self.backbone.use(adapter, trainable=True)
             self.backbone.encoder.set_requires_grad(self.backbone.adapters, True)
 

@@ -32,7 +32,8 @@ def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
     if rows and isinstance(rows[0], Mapping):
         for i, row in enumerate(rows, 1):
             if not isinstance(row, Mapping):
-                raise TypeError(f"input {i} is a {type(row).__name__}, the first a dict: pass all texts or all dicts")
+                raise TypeError(f"input {i} is a {type(row).__name__}, not a dict as the first: pass all texts or all "
+                                f"dicts")
             missing = [f for f in fields if f not in row]
             if missing:
                 raise KeyError(f"input {i} lacks field(s) {missing}; this task reads {list(fields)}")
@@ -41,7 +42,8 @@ def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
         raise TypeError(f"this task reads {list(fields)}: pass dicts with those keys")
     for i, row in enumerate(rows, 1):
         if not isinstance(row, str):
-            raise TypeError(f"input {i} is a {type(row).__name__}, the first a text: pass all texts or all dicts")
+            raise TypeError(f"input {i} is a {type(row).__name__}: pass texts (str), or dicts with the task's "
+                            f"field(s) {list(fields)}")
     return [rows]
 
 
@@ -53,7 +55,7 @@ def embed(
 
     ``adapter`` is the adapter to run through, or None for the base model alone.
     """
-    if adapter is not None and backbone.encoder.active_adapter != adapter:  # switching costs a pass over the modules
+    if adapter is not None and backbone.active != adapter:  # switching costs a pass over the modules
         backbone.use(adapter)
     base_only = backbone.encoder.disable_adapter() if adapter is None and backbone.adapters else nullcontext()
     was_training = backbone.training

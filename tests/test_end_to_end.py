@@ -81,9 +81,9 @@ def test_loaded_model_reproduces_in_memory_predictions(sentiment: dict[str, Any]
         model.predict([{"review": "x"}])
     with pytest.raises(KeyError, match=r"input 2 lacks field"):  # every row is checked, not the first only
         model.predict([{"text": "x"}, {"review": "x"}])
-    with pytest.raises(TypeError, match="input 2 is a str, the first a dict"):
+    with pytest.raises(TypeError, match="input 2 is a str, not a dict as the first"):
         model.predict([{"text": "x"}, "y"])
-    with pytest.raises(TypeError, match="input 2 is a NoneType, the first a text"):  # not predicted as "None"
+    with pytest.raises(TypeError, match=r"input 2 is a NoneType: pass texts \(str\)"):  # not predicted as "None"
         model.predict(["x", None])
     assert model.predict([]) == [] and model.logits([]).shape == (0, 2)
 

@@ -146,7 +146,7 @@ BAD = [  # route, body, status, a part of the answer's detail
     ("/predict/sentiment", {"inputs": []}, 422, "at least 1 item"),
     ("/predict/sentiment", {"inputs": ["x"] * 257}, 422, "at most 256 items"),
     ("/predict/sentiment", {"inputs": [{"text": "x"}, {"review": "y"}]}, 422, "input 2 lacks field(s) ['text']"),
-    ("/predict/sentiment", {"inputs": ["x", {"text": "y"}]}, 422, "input 2 is a dict, the first a text"),
+    ("/predict/sentiment", {"inputs": ["x", {"text": "y"}]}, 422, "input 2 is a dict: pass texts (str), or dicts"),
     ("/predict/sentiment", {"texts": ["x"]}, 422, "Field required"),
     ("/score/fraud", {"records": [RECORDS[0], {**RECORDS[0], "x0": "abc"}]}, 422, "row 2, column 'x0'"),
     ("/chat/support", {"messages": [{"role": "assistant", "content": "hi"}]}, 422, "no user message"),
