@@ -76,6 +76,12 @@ class Backbone(nn.Module):
         self.train(self.training)
         self.use(name, trainable=trainable)
 
+    def add_weighted_adapter(self, sources: list[str], weights: list[float], name: str, combination: str) -> None:
+        """A new frozen adapter ``name``: peft's weighted combination of the ``sources`` (``combination``: e.g.
+        "cat", the exact weighted sum of their updates)."""
+        self.encoder.add_weighted_adapter(sources, weights, name, combination_type=combination)
+        self.train(self.training)
+
     def use(self, name: str, trainable: bool = False) -> None:
         """Make ``name`` the active adapter; only it can be trainable."""
         if name not in self.adapters:

@@ -84,26 +84,35 @@ class SupportBot:
     def prompt(self, messages: list[Message], grounding: Grounding, max_new_tokens: int) -> list[int]:
         """Token ids of the grounded conversation, oldest turns dropped to leave room for the reply."""
         conversation = grounded(self.task, [h.entry for h in grounding.hits], messages)
-        return prompt_ids(self.tokenizer, conversation, context_window(self.model) - max_new_tokens)
+        window = context_window(self.model)
+        if max_new_tokens >= window:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the model's "
+                             f"{window}-token context window")
+        return prompt_ids(self.tokenizer, conversation, window - max_new_tokens)
 
     def stream(self, messages: list[Message], grounding: Grounding | None = None, **settings: Any) -> Iterator[str]:
         """The reply to the last user message, in pieces as they are generated. ``grounding`` is
         ``self.ground(messages)`` unless given; ``settings`` override the ``GenerationSettings`` fields
         (max_new_tokens, temperature, top_p, stop, seed, num_beams)."""
         grounding = grounding or self.ground(messages)
+        pieces: list[str] = []
+        try:
+            for piece in self._reply(messages, grounding, settings):
+                pieces.append(piece)
+                yield piece
+        except GeneratorExit:  # the caller stopped reading: what was said so far is logged
+            log.info("assistant: %s", mask_pii("".join(pieces).strip()))
+            raise
+        log.info("assistant: %s", mask_pii("".join(pieces).strip()))
+
+    def _reply(self, messages: list[Message], grounding: Grounding, settings: dict[str, Any]) -> Iterator[str]:
         if grounding.handoff:
-            reply = self.task.handoff(grounding.question)
-            yield reply
-        else:
-            options = dataclasses.replace(self.settings, **settings)
-            ids = self.prompt(messages, grounding, options.max_new_tokens)
-            pieces = []
-            with nullcontext() if self.use_adapter else self.model.disable_adapter():
-                for piece in stream(self.model, self.tokenizer, ids, options):
-                    pieces.append(piece)
-                    yield piece
-            reply = "".join(pieces).strip()
-        log.info("assistant: %s", mask_pii(reply))
+            yield self.task.handoff(grounding.question)
+            return
+        options = dataclasses.replace(self.settings, **settings)
+        ids = self.prompt(messages, grounding, options.max_new_tokens)
+        with nullcontext() if self.use_adapter else self.model.disable_adapter():
+            yield from stream(self.model, self.tokenizer, ids, options)
 
     def chat(self, messages: list[Message], **settings: Any) -> dict[str, Any]:
         """The reply as an assistant message plus the ids of the passages it was given, the top

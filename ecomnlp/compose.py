@@ -34,8 +34,7 @@ def merge(models: Sequence[str], weights: Sequence[float], out: str, combination
     backbone = backbone_for(models[0], None, "cpu")
     parts = [attach(backbone, path, f"source{i}") for i, path in enumerate(models)]
     name = first["task"]
-    backbone.encoder.add_weighted_adapter([p.adapter for p in parts], list(weights), name,
-                                          combination_type=combination)
+    backbone.add_weighted_adapter([p.adapter for p in parts], list(weights), name, combination)
     total = float(sum(weights))
     head = parts[0].task.build_head(backbone.hidden_size)
     head.load_state_dict({k: sum(w / total * p.head.state_dict()[k] for p, w in zip(parts, weights))

@@ -37,7 +37,10 @@ def as_texts(inputs: Inputs, fields: Sequence[str]) -> list[list[str]]:
             missing = [f for f in fields if f not in row]
             if missing:
                 raise KeyError(f"input {i} lacks field(s) {missing}; this task reads {list(fields)}")
-        return [[str(r[f]) for r in rows] for f in fields]
+            for f in fields:
+                if not isinstance(row[f], str):
+                    raise TypeError(f"input {i}, field '{f}': {row[f]!r} is not a text")
+        return [[r[f] for r in rows] for f in fields]
     if len(fields) != 1:
         raise TypeError(f"this task reads {list(fields)}: pass dicts with those keys")
     for i, row in enumerate(rows, 1):

@@ -23,9 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from .artifact import CHAT_KIND, FRAUD_KIND, RECO_KIND, SEARCH_KIND, read_card
 
@@ -34,19 +36,23 @@ ROUTES = {CLASSIFIER: "predict", FRAUD_KIND: "score", RECO_KIND: "recommend", SE
 MAX_ROWS = 256  # rows (texts, records) one call may send
 
 
-class PredictRequest(BaseModel):
+class Body(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # 1e400 is valid JSON for inf: refused like any bad number
+
+
+class PredictRequest(Body):
     inputs: list[str | dict[str, Any]] = Field(min_length=1, max_length=MAX_ROWS)
     explain: bool = False  # the words that raised each predicted label most (occlusion; one pass per word)
     top_k: int = Field(5, ge=1)  # words per explanation
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(Body):
     records: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ROWS)
     explain: bool = True  # the fields that raised each score most
     top_k: int = Field(3, ge=1)
 
 
-class RecommendRequest(BaseModel):
+class RecommendRequest(Body):
     user: str | int | None = None  # None, or a user unknown at training time: described by history and features
     k: int = Field(10, ge=1)
     history: list[str | int] | None = None  # item ids, oldest first
@@ -56,24 +62,24 @@ class RecommendRequest(BaseModel):
     items: list[str | int] | None = Field(None, max_length=MAX_ROWS)  # given: these items' probabilities instead
 
 
-class RankRequest(BaseModel):
+class RankRequest(Body):
     query: str
     k: int = Field(10, ge=1)
     items: list[str | int] | None = Field(None, max_length=MAX_ROWS)  # given: these items' scores instead
 
 
-class Message(BaseModel):
+class Message(Body):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(Body):
     messages: list[Message] = Field(min_length=1)
     stream: bool = False  # server-sent events: {"delta": piece} ..., then {"done": true, "sources": ...}
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     num_beams: int | None = Field(None, ge=1)  # default: as the bot was trained to decode (1 when sampling)
     stop: list[str] = []
 
@@ -122,10 +128,11 @@ def load_models(models: Sequence[str | Path] | Mapping[str, str | Path], base: s
 
 
 def _plain(value: Any) -> Any:
-    """JSON-ready: NaN (an unknown item's score, a missing field's value) as null, numpy values as Python ones."""
+    """JSON-ready: NaN (an unknown item's score, a missing field's value) and infinities as null, numpy values as
+    Python ones."""
     if hasattr(value, "tolist"):
         value = value.tolist()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -158,12 +165,18 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPException(422, str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
+        """422 with pydantic's errors, which echo the bad input: made JSON-safe first (an inf, a NaN)."""
+        return JSONResponse(status_code=422, content={"detail": _plain(jsonable_encoder(error.errors()))})
+
+    # async: answered on the event loop, even while every worker thread waits for the lock
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "models": len(loaded)}
 
     @app.get("/models")
-    def list_models() -> dict[str, Any]:
+    async def list_models() -> dict[str, Any]:
         return {name: served.describe(name) for name, served in loaded.items()}
 
     @app.post("/predict/{name}")
@@ -202,18 +215,18 @@ def build_app(models: Sequence[str | Path] | Mapping[str, str | Path], base: str
         if not request.stream:
             return call(bot.chat, messages, **settings)
         grounding = call(bot.ground, messages)
+        pieces = bot.stream(messages, grounding, **settings)
+        first = call(next, pieces, None)  # before the 200 goes out: a prompt that cannot fit is still a 422
 
         def events() -> Iterator[str]:
             """The lock is taken for each piece, never held while a piece waits for the client: a client that goes
             away blocks nothing, and other calls run between pieces (the bot keeps no state between them)."""
-            pieces = bot.stream(messages, grounding, **settings)
+            piece = first
             try:
-                while True:
+                while piece is not None:
+                    yield f"data: {json.dumps({'delta': piece}, ensure_ascii=False)}\n\n"
                     with lock:
                         piece = next(pieces, None)
-                    if piece is None:
-                        break
-                    yield f"data: {json.dumps({'delta': piece}, ensure_ascii=False)}\n\n"
             finally:
                 pieces.close()
             top = grounding.hits[0].score if grounding.hits else None

@@ -178,4 +178,5 @@ def test_new_adapters_take_the_backbones_mode(backbone: Backbone, tmp_path: Path
     backbone.train(mode == "train")
     backbone.add_adapter("added", lora_config(LoraSettings(r=4, alpha=8, dropout=0.5, target_modules=["query"])))
     backbone.load_adapter("loaded", tmp_path)
+    backbone.add_weighted_adapter(["saved", "loaded"], [0.5, 0.5], "merged", "cat")  # as `ecomnlp merge` does
     assert {m.training for m in backbone.modules()} == {mode == "train"}

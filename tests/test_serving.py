@@ -124,22 +124,34 @@ def test_streamed_chat_is_the_reply_in_pieces(served: dict) -> None:
 
 
 def test_a_streamed_reply_holds_the_lock_only_while_it_computes(served: dict) -> None:
-    """Between two pieces (while the client reads, or has gone away) other calls can run."""
+    """Each piece is computed under the lock; between two pieces (while the client reads, or has gone away) other
+    calls can run."""
     import asyncio
 
     from ecomnlp.serving import ChatRequest
 
     app = served["client"].app
+    bot, computing = app.state.models["support"].model, []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # records whether each piece is computed under the lock
+        for piece in type(bot).stream(bot, *args, **kwargs):
+            computing.append(app.state.lock.locked())
+            yield piece
+
     route = next(r for r in app.routes if getattr(r, "path", "") == "/chat/{name}")
-    response = route.endpoint("support", ChatRequest(messages=MESSAGES, stream=True, num_beams=1, max_new_tokens=12))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bot, "stream", spy)
+        response = route.endpoint("support", ChatRequest(messages=MESSAGES, stream=True, num_beams=1,
+                                                         max_new_tokens=12))
 
-    async def read() -> tuple[bool, list[str]]:
-        events = [await anext(response.body_iterator)]
-        held = app.state.lock.locked()
-        return held, events + [e async for e in response.body_iterator]
+        async def read() -> tuple[bool, list[str]]:
+            events = [await anext(response.body_iterator)]
+            held = app.state.lock.locked()
+            return held, events + [e async for e in response.body_iterator]
 
-    held, events = asyncio.run(read())
+        held, events = asyncio.run(read())
     assert not held and len(events) > 2 and json.loads(events[-1][len("data: "):])["done"]
+    assert len(computing) == len(events) - 1 and all(computing)
 
 
 BAD = [  # route, body, status, a part of the answer's detail
@@ -148,6 +160,12 @@ BAD = [  # route, body, status, a part of the answer's detail
     ("/predict/sentiment", {"inputs": [{"text": "x"}, {"review": "y"}]}, 422, "input 2 lacks field(s) ['text']"),
     ("/predict/sentiment", {"inputs": ["x", {"text": "y"}]}, 422, "input 2 is a dict: pass texts (str), or dicts"),
     ("/predict/sentiment", {"texts": ["x"]}, 422, "Field required"),
+    ("/predict/sentiment", {"inputs": [{"text": None}]}, 422, "input 1, field 'text': None is not a text"),
+    ("/predict/sentiment", '{"inputs": ["x"], "top_k": 1e400}', 422, "finite"),  # valid JSON for inf
+    ("/chat/support", '{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}', 422, "finite number"),
+    ("/chat/support", {"messages": MESSAGES, "seed": 2**64}, 422, "less than 9223372036854775808"),
+    ("/chat/support", {"messages": MESSAGES, "stream": True, "num_beams": 1, "max_new_tokens": 5000}, 422,
+     "max_new_tokens=5000 leaves no room for the prompt in the model's 1024-token context window"),  # before the 200
     ("/score/fraud", {"records": [RECORDS[0], {**RECORDS[0], "x0": "abc"}]}, 422, "row 2, column 'x0'"),
     ("/chat/support", {"messages": [{"role": "assistant", "content": "hi"}]}, 422, "no user message"),
     ("/chat/support", {"messages": [{"role": "robot", "content": "hi"}]}, 422, "'system', 'user' or 'assistant'"),
@@ -159,8 +177,10 @@ BAD = [  # route, body, status, a part of the answer's detail
 
 
 @pytest.mark.parametrize("route, body, status, detail", BAD, ids=[f"{r}-{d[:20]}" for r, _, _, d in BAD])
-def test_bad_calls_answer_with_what_is_wrong(served: dict, route: str, body: dict, status: int, detail: str) -> None:
-    response = served["client"].post(route, json=body)
+def test_bad_calls_answer_with_what_is_wrong(served: dict, route: str, body: dict | str, status: int,
+                                            detail: str) -> None:
+    response = served["client"].post(route, **({"content": body, "headers": {"content-type": "application/json"}}
+                                                if isinstance(body, str) else {"json": body}))
     assert response.status_code == status
     assert detail in json.dumps(response.json()["detail"], ensure_ascii=False)
 

@@ -144,6 +144,13 @@ def test_customer_text_is_logged_with_pii_masked(trained: tuple[Path, dict], cap
             reply = ask([{"role": "user", "content": "can I return a lamp?"}])
         assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("assistant: ")] == \
             [f"assistant: {mask_pii(reply)}"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ecomnlp.chatbot"):
+        pieces = bot.stream([{"role": "user", "content": "can I return a lamp?"}], max_new_tokens=8, num_beams=1)
+        first = next(pieces)
+        pieces.close()  # a reader that stops early (a client gone): what was said is logged
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("assistant: ")] == \
+        [f"assistant: {mask_pii(first.strip())}"]
 
 
 def test_cli_chat_repl_streams_and_logs_masked(trained: tuple[Path, dict], tmp_path: Path,
