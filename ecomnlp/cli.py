@@ -227,7 +227,7 @@ def finetune_command(
         print(json.dumps(summary, indent=2, ensure_ascii=False))
 
 
-def add_lexical_command(source: str, data: DataConfig, out: str, seed: int = 42) -> None:
+def add_lexical_command(source: str, data: DataConfig, out: str) -> None:
     """Add a lexical part to a trained single-label classifier; save it as a new task directory.
 
     A TF-IDF + logistic-regression model is fitted on ``data.train`` and blended with the encoder's
@@ -238,11 +238,12 @@ def add_lexical_command(source: str, data: DataConfig, out: str, seed: int = 42)
         source: trained task directory (also accepted as ``--from``); it is not changed.
         data: the training, validation (and test) files; columns default to the source's mapping.
         out: new task directory to write.
-        seed: picks the rows when ``data.max_train_examples`` caps them, or the validation share of train.
+
+    The rows ``data.max_train_examples`` keeps and the validation share of train are those training used (its seed).
     """
     from .training import add_lexical
 
-    print(json.dumps(add_lexical(source, data, out, seed), indent=2, ensure_ascii=False))
+    print(json.dumps(add_lexical(source, data, out), indent=2, ensure_ascii=False))
 
 
 def merge_command(models: list[str], weights: list[float], out: str, combination: str = "cat") -> None:
@@ -259,7 +260,7 @@ def merge_command(models: list[str], weights: list[float], out: str, combination
     print(f"merged adapter saved in {merge(models, weights, out, combination)}")
 
 
-def ensemble_command(models: list[str], data: DataConfig, out: str, lexical: bool = False, seed: int = 42) -> None:
+def ensemble_command(models: list[str], data: DataConfig, out: str, lexical: bool = False) -> None:
     """Average trained adapters of one task (e.g. one config trained with different seeds) into one task
     directory; ``ecomnlp.load`` of it predicts with every member (one encoder pass each).
 
@@ -270,11 +271,12 @@ def ensemble_command(models: list[str], data: DataConfig, out: str, lexical: boo
         data: the training, validation (and test) files; columns default to the first member's mapping.
         out: new task directory to write; the members are not changed.
         lexical: blend in a lexical part fitted on ``data.train``, its weight chosen on ``data.valid``.
-        seed: picks the rows when ``data.max_train_examples`` caps them, or the validation share of train.
+
+    Without ``data.valid``, the members must have been trained with one seed (the same validation share of train).
     """
     from .ensemble import build_ensemble
 
-    print(json.dumps(build_ensemble(models, data, out, lexical, seed), indent=2, ensure_ascii=False))
+    print(json.dumps(build_ensemble(models, data, out, lexical), indent=2, ensure_ascii=False))
 
 
 def evaluate_command(model: str | None = None, data: str | None = None, out: str | None = None,

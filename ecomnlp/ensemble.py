@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from .artifact import read_card, save_artifact
 from .config import DataConfig
 from .predictor import attach, average_logits, backbone_for, predict_logits
-from .training import fit_blend, lexical_card, prepare, split_metrics
+from .training import fit_blend, lexical_card, prepare, split_metrics, split_seed
 
 _SHARED = ("task", "task_state", "pooling", "max_length")  # card fields every member must share
 
@@ -37,8 +37,7 @@ def _check_members(models: Sequence[str], cards: Sequence[dict[str, Any]]) -> No
             raise ValueError(f"{path} was trained on another base model than {models[0]}")
 
 
-def build_ensemble(models: Sequence[str], data: DataConfig, out: str, lexical: bool = False,
-                   seed: int = 42) -> dict[str, Any]:
+def build_ensemble(models: Sequence[str], data: DataConfig, out: str, lexical: bool = False) -> dict[str, Any]:
     """Write the ensemble of the trained task directories ``models`` to ``out`` (atomically; the members are
     left unchanged). Returns its validation (and, given ``data.test``, test) metrics with each member's alone."""
     started = time.perf_counter()
@@ -49,7 +48,8 @@ def build_ensemble(models: Sequence[str], data: DataConfig, out: str, lexical: b
     members = [attach(backbone, path, f"{first['task']}-member{i}") for i, path in enumerate(models)]
     task = members[0].task
     data = dataclasses.replace(data, columns=data.columns or first.get("columns", {}), max_length=first["max_length"])
-    prepared = prepare(task, data, backbone.tokenizer, backbone.max_positions, seed, fit_task=False)
+    prepared = prepare(task, data, backbone.tokenizer, backbone.max_positions, split_seed(cards, data, models),
+                       fit_task=False)
     splits = {"valid": prepared.valid, **({"test": prepared.test} if prepared.test is not None else {})}
     each = {name: [predict_logits(backbone, m.adapter, m.head, split.ids, data.eval_batch_size, first["pooling"])
                    for m in members] for name, split in splits.items()}

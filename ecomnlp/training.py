@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import lightning as L
 import torch
@@ -50,11 +50,24 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
+def _split_off(rows: Rows, fraction: float, seed: int, count: int | None = None) -> tuple[Rows, Rows]:
+    """(kept, held out): a seeded ``fraction`` of the rows held out (at least one), or exactly ``count``."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    cut = max(1, int(len(order) * fraction))
+    cut = count if count is not None else max(1, int(len(order) * fraction))
     return rows.subset(sorted(order[cut:])), rows.subset(sorted(order[:cut]))
+
+
+def split_seed(cards: Sequence[dict[str, Any]], data: DataConfig, paths: Sequence[str]) -> int:
+    """The seed that picks the rows trained directories were trained on (``data.max_train_examples``) and the
+    validation share of train: the one they were trained with. Directories trained with different seeds held out
+    different rows, so without a validation file they have no common validation rows: refused."""
+    seeds = [c.get("training", {}).get("seed", 42) for c in cards]
+    if not data.valid and len(set(seeds)) > 1:
+        raise ValueError(f"{list(paths)} were trained with seeds {seeds}: each held out other rows of the training "
+                         f"file for validation, so rows one of them trained on would choose the blend. Give a "
+                         f"validation file (data.valid)")
+    return seeds[0]
 
 
 def training_rows(task: Task, data: DataConfig, seed: int) -> tuple[Rows, Rows | None]:
@@ -64,7 +77,7 @@ def training_rows(task: Task, data: DataConfig, seed: int) -> tuple[Rows, Rows |
         raise ValueError("data.train is required")
     rows = load_rows(data.train, task, data.columns, data.on_bad_row)
     if data.max_train_examples and data.max_train_examples < len(rows):
-        return _split_off(rows, 1 - data.max_train_examples / len(rows), seed)
+        return _split_off(rows, 0.0, seed, count=len(rows) - data.max_train_examples)
     return rows, None
 
 
@@ -450,11 +463,12 @@ def finetune(
     return summary
 
 
-def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict[str, Any]:
+def add_lexical(source: str, data: DataConfig, out: str) -> dict[str, Any]:
     """Add a lexical part to a trained task (``ecomnlp.lexical``) and save it as a new task directory ``out``.
 
     The lexical model is fitted on ``data.train`` (capped by ``data.max_train_examples`` as training caps it, with
-    ``seed``), its blend weight chosen on ``data.valid`` (else ``data.valid_fraction`` of train); the
+    the task's training seed), its blend weight chosen on ``data.valid`` (else ``data.valid_fraction`` of train,
+    the share training held out); the
     encoder's adapter and head are copied unchanged. The source directory is left unchanged. The summary
     holds validation (and, given ``data.test``, test) metrics of the blend, the encoder alone and the lexical
     model alone.
@@ -470,7 +484,8 @@ def add_lexical(source: str, data: DataConfig, out: str, seed: int = 42) -> dict
     model = attach(backbone, source, card["task"])
     check_blendable(model.task)
     data = dataclasses.replace(data, columns=data.columns or card.get("columns", {}), max_length=card["max_length"])
-    prepared = prepare(model.task, data, backbone.tokenizer, backbone.max_positions, seed, fit_task=False)
+    prepared = prepare(model.task, data, backbone.tokenizer, backbone.max_positions, split_seed([card], data, [source]),
+                       fit_task=False)
     metrics, part = _evaluate(backbone, model.task, model.head, prepared, card["pooling"], data.eval_batch_size,
                               lexical=True)
     wall = round(time.perf_counter() - started, 1)

@@ -66,8 +66,7 @@ def add_lexical_case(case: Case, zh_limit: int | None, out_root: Path) -> dict:
 
     overrides = ["--data.max_train_examples", str(zh_limit)] if zh_limit and case.chinese else []
     args = train_arguments(str(ROOT / case.config), overrides)
-    return add_lexical(str(out_root / case.name), args["data"], str(out_root / f"{case.name}-lexical"),
-                       args["trainer"].seed)
+    return add_lexical(str(out_root / case.name), args["data"], str(out_root / f"{case.name}-lexical"))
 
 
 _SAME_RUN = ("lora", "max_length", "base_dropout")  # card fields an ensemble member must share with the first
@@ -104,7 +103,7 @@ def ensemble_case(case: Case, seeds: list[int], zh_limit: int | None, out_root: 
         cards.append(card)
     args = train_arguments(str(ROOT / case.config), cap)
     summary = build_ensemble([str(m) for m in members], args["data"], str(out_root / f"{case.name}.ensemble"),
-                             bool(args["lexical"]), args["trainer"].seed)
+                             bool(args["lexical"]))
     return {**summary, "seeds": [c["training"]["seed"] for c in cards],
             "train_wall_time_s": [c["training"]["wall_time_s"] for c in cards],
             "member_valid": [c["metrics"]["valid"] for c in cards]}

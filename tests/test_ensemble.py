@@ -31,7 +31,7 @@ def ensemble(members: list[Path], sentiment_csv: Path, tmp_path_factory: pytest.
 
     out = tmp_path_factory.mktemp("built") / "ensemble"
     main(["ensemble", "--models", json.dumps([str(m) for m in members]), "--data.train", str(sentiment_csv),
-          "--data.test", str(sentiment_csv), "--lexical", "true", "--out", str(out)])
+          "--data.valid", str(sentiment_csv), "--data.test", str(sentiment_csv), "--lexical", "true", "--out", str(out)])
     return out
 
 
@@ -83,6 +83,7 @@ def _category(tmp_path: Path, encoder: Path, csv: Path) -> Path:
     ("one member", "at least two"),
     ("another task", "task 'product_classification' differs"),
     ("an ensemble as member", "not a single trained text task"),
+    ("seeds 1 and 7, no validation file", r"trained with seeds \[1, 7\]: each held out other rows"),
     ("fine-tune the ensemble", "is an ensemble of 2 adapters"),
     ("merge the ensemble", "is an ensemble: merge its members"),
     ("add a lexical part", "is an ensemble: build it again"),
@@ -100,6 +101,7 @@ def test_refusals(case: str, message: str, members: list[Path], ensemble: Path, 
         "another task": lambda: build_ensemble([str(members[0]), str(_category(tmp_path, tiny_encoder, sentiment_csv))],
                                                data, out),
         "an ensemble as member": lambda: build_ensemble([str(members[0]), str(ensemble)], data, out),
+        "seeds 1 and 7, no validation file": lambda: build_ensemble([str(m) for m in members], data, out),
         "fine-tune the ensemble": lambda: finetune(str(ensemble), data, out, trainer=TrainerSettings(max_epochs=1)),
         "merge the ensemble": lambda: merge([str(ensemble), str(members[0])], [0.5, 0.5], out),
         "add a lexical part": lambda: add_lexical(str(ensemble), data, out),
@@ -133,7 +135,8 @@ def test_bench_quality_trains_the_missing_seed_once_and_tabulates_the_ensemble(
     config = tmp_path / "sentiment.yaml"
     config.write_text(yaml.safe_dump({
         "task": "review_sentiment", "model": str(tiny_encoder), "out": str(tmp_path / "unused"), "lexical": True,
-        "data": {"train": str(sentiment_csv), "test": str(sentiment_csv), "columns": {"text": "review"}, "batch_size": 8},
+        "data": {"train": str(sentiment_csv), "valid": str(sentiment_csv), "test": str(sentiment_csv),
+                 "columns": {"text": "review"}, "batch_size": 8},
         "trainer": {"max_epochs": 2, "lr": 1e-2, "accelerator": "cpu", "devices": 1}}))
     case = bench.Case("tiny", str(config), 0.5, False)
     ecomnlp.train(**train_arguments(str(config), ["--out", str(tmp_path / "tiny"), "--trainer.progress_bar", "false"]))
@@ -147,3 +150,21 @@ def test_bench_quality_trains_the_missing_seed_once_and_tabulates_the_ensemble(
     test, valid = first["metrics"]["test"], first["metrics"]["valid"]
     assert f"**{test['encoder']['accuracy']:.2%}**" in row and f"(w={first['lexical_weight']:.2f})" in row
     assert f"→ {valid['encoder']['accuracy']:.2%} (" in row and "| 2 (42, 7) |" in row
+
+
+def test_rows_come_from_the_training_seed_and_the_cap_is_exact(sentiment_csv: Path) -> None:
+    """add-lexical and ensemble hold out the validation rows training held out (its seed), and a cap keeps exactly
+    ``max_train_examples`` rows."""
+    from ecomnlp.config import DataConfig
+    from ecomnlp.task import build_task
+    from ecomnlp.training import split_seed, training_rows
+
+    cards = [{"training": {"seed": 5}}, {"training": {"seed": 5}}]
+    assert split_seed(cards, DataConfig(train="t.csv"), ["a", "b"]) == 5
+    assert split_seed([{"training": {"seed": 1}}, {"training": {"seed": 7}}], DataConfig(train="t", valid="v"),
+                      ["a", "b"]) == 1  # a validation file: the seed only picks capped rows, the first member's
+    task = build_task("review_sentiment", {})
+    for keep in range(1, 48):
+        kept, rest = training_rows(task, DataConfig(train=str(sentiment_csv), columns={"text": "review"},
+                                                    max_train_examples=keep), seed=0)
+        assert (len(kept), len(rest)) == (keep, 48 - keep)
