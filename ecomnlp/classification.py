@@ -16,6 +16,8 @@ from .task import Schema
 
 def label_text(value: Any) -> str:
     """Labels are compared as text: 1, "1" and " 1 " are the same label."""
+    if isinstance(value, (list, tuple, dict)):
+        raise ValueError(f"a label is one value, got {value!r} (a list of labels needs multi_label: true)")
     return str(value).strip()
 
 
@@ -36,7 +38,9 @@ class TextClassification:
         return "f1_macro" if self.multi_label else "accuracy"
 
     def _split(self, value: Any) -> list[str]:
-        parts = [label_text(p) for p in label_text(value).split(self.label_separator)]
+        """A row's labels: a list of them (JSONL) or one text joined by ``label_separator``."""
+        values = value if isinstance(value, (list, tuple)) else label_text(value).split(self.label_separator)
+        parts = [label_text(p) for p in values]
         return [p for p in parts if p]
 
     def fit(self, labels: Sequence[Any]) -> None:

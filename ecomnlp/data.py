@@ -125,6 +125,11 @@ def load_rows(
     keep: list[int] = []
     bad: list[str] = []
     for i in range(len(table)):
+        nested = next((f for f in fields if isinstance(values[f][i], dict)
+                       or (f != schema.label and isinstance(values[f][i], list))), None)
+        if nested is not None:  # str() would make a text or label of its repr
+            raise DataError(f"{path}: row {i + 1}, column '{source[nested]}': {values[nested][i]!r} is not a "
+                            f"{'label' if nested == schema.label else 'text'}")
         problem = next((f for f in fields if _is_blank(values[f][i])), None)
         if problem is None:
             keep.append(i)

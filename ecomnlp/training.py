@@ -17,7 +17,8 @@ from .artifact import base_checksum, save_artifact
 from .averaging import TrainableEMA
 from .backbone import Backbone, Pooling, lora_config
 from .config import DataConfig, LoraSettings, TrainerSettings
-from .data import LengthGroupedBatches, Rows, choose_max_length, collate, encode_targets, load_rows, tokenize
+from .data import (DataError, LengthGroupedBatches, Rows, choose_max_length, collate, encode_targets, load_rows,
+                   tokenize)
 from .lexical import Lexical, check_blendable, choose_weight, fit_lexical, joined
 from .models import resolve
 from .predictor import predict_logits
@@ -101,7 +102,10 @@ def prepare(task: Task, data: DataConfig, tokenizer: Any, model_limit: int, seed
             train_rows, valid_rows = _split_off(train_rows, data.valid_fraction, seed)
             valid_source = f"{data.valid_fraction:.0%} of train"
     if fit_task:
-        task.fit(train_rows.labels or [])
+        try:
+            task.fit(train_rows.labels or [])
+        except ValueError as err:
+            raise DataError(f"{train_rows.path}: {err}") from None
     label_column = data.columns.get(task.schema.label, task.schema.label)
     max_length = data.max_length or choose_max_length(
         [len(x) for x in tokenize(tokenizer, train_rows.texts, model_limit)], data.length_percentile, model_limit

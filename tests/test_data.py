@@ -342,3 +342,21 @@ def test_csv_with_byte_order_mark_keeps_its_first_column_name(tmp_path: Path) ->
     path.write_bytes("\ufeffreview,label\ngood tea,1\n".encode("utf-8"))
     table = read_table(path)
     assert table.column_names == ["review", "label"] and table["review"][:] == ["good tea"]
+
+
+def test_nested_values_are_refused_and_label_lists_are_multi_labels(tmp_path: Path) -> None:
+    """JSONL can hold lists and objects: str() of them would train on their repr."""
+    from ecomnlp.classification import label_text
+
+    path = write_jsonl(tmp_path / "nested.jsonl", [{"text": "a", "label": "x"}, {"text": {"t": "b"}, "label": "y"}])
+    with pytest.raises(DataError, match=r"nested.jsonl: row 2, column 'text': \{'t': 'b'\} is not a text"):
+        load_rows(path, build_task("review_sentiment", {}))
+    path = write_jsonl(tmp_path / "lists.jsonl", [{"text": "a", "label": ["kitchen", "gifts"]},
+                                                  {"text": "b", "label": ["toys"]}, {"text": "c", "label": "toys|gifts"}])
+    task = build_task("product_classification", {"multi_label": True})
+    rows = load_rows(path, task)
+    task.fit(rows.labels)
+    assert task.labels == ["gifts", "kitchen", "toys"]
+    assert [task.encode_target(v) for v in rows.labels] == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
+    with pytest.raises(ValueError, match=r"a label is one value, got \['toys'\] \(a list of labels needs multi_label"):
+        label_text(["toys"])
