@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics import classification as tmc
+from torchmetrics.wrappers import LambdaInputTransformer
 
 from .task import Schema
 
@@ -79,11 +80,17 @@ class TextClassification:
 
     def metrics(self) -> MetricCollection:
         n = len(self.labels)
-        if self.multi_label:
+        if self.multi_label:  # fed probabilities: torchmetrics takes logits that all lie in [0, 1] for probabilities
+
+            def on_probabilities(metric: Any) -> Any:
+                return LambdaInputTransformer(metric, transform_pred=torch.sigmoid)
+
             return MetricCollection({
-                "accuracy": tmc.MultilabelExactMatch(num_labels=n, threshold=self.threshold),
-                "f1_macro": tmc.MultilabelF1Score(num_labels=n, average="macro", threshold=self.threshold),
-                "f1_micro": tmc.MultilabelF1Score(num_labels=n, average="micro", threshold=self.threshold),
+                "accuracy": on_probabilities(tmc.MultilabelExactMatch(num_labels=n, threshold=self.threshold)),
+                "f1_macro": on_probabilities(tmc.MultilabelF1Score(num_labels=n, average="macro",
+                                                                   threshold=self.threshold)),
+                "f1_micro": on_probabilities(tmc.MultilabelF1Score(num_labels=n, average="micro",
+                                                                   threshold=self.threshold)),
             })
         return MetricCollection({
             "accuracy": tmc.MulticlassAccuracy(num_classes=n, average="micro"),
@@ -116,9 +123,10 @@ class TextClassification:
         report["examples"] = len(targets)
         per = "Multilabel" if self.multi_label else "Multiclass"
         kw = {"num_labels": n, "threshold": self.threshold} if self.multi_label else {"num_classes": n}
-        precision = getattr(tmc, f"{per}Precision")(average=None, **kw)(logits, targets)
-        recall = getattr(tmc, f"{per}Recall")(average=None, **kw)(logits, targets)
-        f1 = getattr(tmc, f"{per}F1Score")(average=None, **kw)(logits, targets)
+        scores = self.probabilities(logits) if self.multi_label else logits  # as metrics(): probabilities
+        precision = getattr(tmc, f"{per}Precision")(average=None, **kw)(scores, targets)
+        recall = getattr(tmc, f"{per}Recall")(average=None, **kw)(scores, targets)
+        f1 = getattr(tmc, f"{per}F1Score")(average=None, **kw)(scores, targets)
         support = targets.sum(0) if self.multi_label else torch.bincount(targets, minlength=n)
         report["per_class"] = {
             label: {"precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),

@@ -265,3 +265,13 @@ def test_stars_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> Non
     report = ecomnlp.evaluate(str(out), str(train), str(tmp_path / "report"))
     assert 0.0 <= report["mae"] <= 9.0
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["mae"] == report["mae"]
+
+
+def test_multi_label_metrics_agree_with_decode_when_every_logit_lies_in_0_1() -> None:
+    """torchmetrics reads [0, 1] inputs as probabilities: logits of 0.3 (probability 0.57) must count as predicted."""
+    task = build_task("product_classification", {"multi_label": True})
+    task.fit(["a|b", "b"])
+    logits, targets = torch.full((2, 2), 0.3), torch.ones(2, 2, dtype=torch.long)
+    assert [r["labels"] for r in task.decode(logits)] == [["a", "b"], ["a", "b"]]
+    assert {k: v.item() for k, v in task.metrics()(logits, targets).items()} == {
+        "accuracy": 1.0, "f1_macro": 1.0, "f1_micro": 1.0}
