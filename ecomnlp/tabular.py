@@ -11,6 +11,8 @@ Scorers (``Classifier`` here, the detectors of ``detectors.py``) take the inputs
 """
 from __future__ import annotations
 
+import difflib
+
 import random
 import string
 from dataclasses import dataclass
@@ -72,6 +74,14 @@ def as_frame(records: Any, columns: Sequence[str] = ()) -> pd.DataFrame:
     rows = list(records)
     if rows and not all(isinstance(r, dict) for r in rows):
         raise TypeError("records must be a DataFrame, a dict of columns, or a list of dicts")
+    for i, row in enumerate(rows, 1):  # a misspelt key would otherwise read as a missing value
+        missing = [c for c in columns if c not in row]
+        for key in (k for k in row if k not in columns and missing):
+            close = difflib.get_close_matches(str(key).casefold(), [c.casefold() for c in missing], n=1, cutoff=0.75)
+            if close:
+                meant = next(c for c in missing if c.casefold() == close[0])
+                raise DataError(f"record {i}: field '{key}' is not one the model reads, and '{meant}' is missing: "
+                                f"a misspelt name? (the model reads {list(columns)})")
     frame = pd.DataFrame.from_records(rows)
     for c in columns:
         if c not in frame.columns:

@@ -172,6 +172,7 @@ def test_text_bearing_task_trains_its_adapter_and_checks_its_base(tmp_path: Path
                                                                    other_tiny_encoder: Path) -> None:
     import ecomnlp
     from ecomnlp.artifact import ArtifactError
+    from ecomnlp.data import DataError
 
     model, summary = fit(tmp_path, records(1500), TEXT_FEATURES, model=str(tiny_encoder), epochs=2)
     task = model.save(tmp_path / "task")
@@ -183,6 +184,13 @@ def test_text_bearing_task_trains_its_adapter_and_checks_its_base(tmp_path: Path
     assert np.array_equal(model.scores(frame), loaded.scores(frame))
     out = loaded.score([{"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US"}])  # no note: an empty text
     assert math.isfinite(out[0]["score"])
+    extra = loaded.score([{"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US", "order_id": 7, "label": 0}])
+    assert extra == out  # keys the model does not read are ignored while its own are all there
+    for typo, meant in (("X0", "x0"), ("notes", "note"), ("ammount", "amount")):
+        record = {"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US", "note": "ok"}
+        record[typo] = record.pop(meant)
+        with pytest.raises(DataError, match=f"record 1: field '{typo}' is not one the model reads, and '{meant}' is"):
+            loaded.score([record])
     notes = [e for r in loaded.score(frame.head(50), top_k=10) for e in r["explanation"] if e["field"] == "note"]
     assert all(e["value"] in POSITIVE + NEGATIVE for e in notes)
     with pytest.raises(ArtifactError, match="base model"):
