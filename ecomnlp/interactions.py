@@ -143,8 +143,11 @@ def column_map(frame: pd.DataFrame, columns: Mapping[str, str], fields: Sequence
 
 
 def as_ids(values: Sequence[object] | pd.Series) -> np.ndarray:
-    """Ids as text (object array): 42, 42.0 and "42" are the same id; missing ids are None."""
-    return _keys(pd.Series(values) if not isinstance(values, pd.Series) else values)
+    """Ids as text (object array): 42, 42.0 and "42" are the same id; missing ids are None. One string is refused
+    (a list of its characters is not what was meant)."""
+    if isinstance(values, str):
+        raise TypeError(f"expected a list of ids, got the string {values!r}: write [{values!r}]")
+    return _keys(pd.Series(list(values)) if not isinstance(values, pd.Series) else values)
 
 
 @dataclass

@@ -222,7 +222,7 @@ class RecommendationModel:
     # lookups
     def item_rows(self, items: Sequence[Any]) -> np.ndarray:
         """Catalogue rows of item ids (-1: not in the catalogue)."""
-        return self._item_index.get_indexer(as_ids(list(items)))
+        return self._item_index.get_indexer(as_ids(items))
 
     def user_row(self, user: Any) -> int:
         """The user's row, -1 for a user unknown at training time."""
@@ -265,7 +265,7 @@ class RecommendationModel:
         item_rows = []
         for i in range(n):
             if histories[i] is not None:
-                given = self.item_rows(list(histories[i]))
+                given = self.item_rows(histories[i])
                 if (given < 0).any():
                     log.warning("user %r: %d history item(s) not in the catalogue are ignored", users[i],
                                 int((given < 0).sum()))
@@ -306,7 +306,7 @@ class RecommendationModel:
         for i in range(len(users)):
             rows = seen[i] if exclude_seen else np.zeros(0, dtype=np.int64)
             if exclude is not None and len(exclude[i]):
-                extra = self.item_rows(list(exclude[i]))
+                extra = self.item_rows(exclude[i])
                 rows = np.concatenate([rows, extra[extra >= 0]])
             skip.append(rows)
         with torch.inference_mode():
@@ -329,7 +329,7 @@ class RecommendationModel:
         item not in the catalogue."""
         q, _ = self._user_inputs([user], [history] if history is not None else None,
                                  [features] if features is not None else None)
-        rows = self.item_rows(list(items))
+        rows = self.item_rows(items)
         found = torch.from_numpy(np.where(rows >= 0, rows, 0))
         with torch.inference_mode():
             v = self.vectors[found]

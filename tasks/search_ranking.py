@@ -144,7 +144,7 @@ class SearchModel:
         return TASK if self.card["model"]["text"] == "adapter" else None
 
     def item_rows(self, items: Sequence[Any]) -> np.ndarray:
-        return self._index.get_indexer(as_ids(list(items)))
+        return self._index.get_indexer(as_ids(items))
 
     def query_vectors(self, queries: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         ids = tokenize(self.backbone.tokenizer, [[str(q) for q in queries]], self.card["query_max_length"])

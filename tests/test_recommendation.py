@@ -198,6 +198,10 @@ def test_end_to_end_learns_the_groups_and_reloads_identically(trained) -> None:
     scores = loaded.score("u3", ["i0", "i20", "nope"])
     assert np.allclose(scores[:2], model.score("u3", ["i0", "i20"])) and math.isnan(scores[2])
     assert 0 <= scores[0] <= 1 and 0 <= scores[1] <= 1
+    for call in (lambda: loaded.score("u3", "i0"), lambda: loaded.recommend(None, history="i1"),
+                 lambda: loaded.recommend("u3", exclude="i5")):  # one id string, not its characters
+        with pytest.raises(TypeError, match="expected a list of ids, got the string 'i.': write \\['i.'\\]"):
+            call()
 
 
 def test_feature_pipelines_round_trip(trained) -> None:
