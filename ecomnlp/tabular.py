@@ -100,7 +100,12 @@ def split_frame(frame: pd.DataFrame, fraction: float, method: SplitMethod, seed:
     if method == "temporal":
         if time is None:
             raise ValueError("a temporal split needs a time column (data.time)")
-        order = np.argsort(_time_order(frame[time]), kind="stable")
+        times = _time_order(frame[time])
+        unknown = np.flatnonzero(np.isnan(times))
+        if len(unknown):  # NaN sorts last: those rows would be held out as the latest
+            raise DataError(f"row {unknown[0] + 1}, column '{time}': no time, so the row cannot be placed in a "
+                            f"temporal split ({len(unknown)} such row(s))")
+        order = np.argsort(times, kind="stable")
         return frame.iloc[np.sort(order[: n - cut])], frame.iloc[np.sort(order[n - cut:])]
     rng = np.random.default_rng(seed)
     if method == "stratified" and labels is not None:
@@ -119,9 +124,11 @@ def split_frame(frame: pd.DataFrame, fraction: float, method: SplitMethod, seed:
 
 
 def _time_order(values: pd.Series) -> np.ndarray:
+    """Times as float64 (NaN: none)."""
     if pd.api.types.is_numeric_dtype(values.dtype):
-        return values.to_numpy(dtype=np.float64)
-    return pd.to_datetime(values, errors="raise", utc=True).astype("int64").to_numpy()
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    stamps = pd.to_datetime(values, errors="raise", utc=True)
+    return np.where(stamps.isna(), np.nan, stamps.astype("int64").to_numpy().astype(np.float64))
 
 
 # --- one split as tensors -----------------------------------------------------------------------------------

@@ -415,3 +415,18 @@ def test_trees_member_is_refused_where_it_cannot_work(tmp_path: Path, mode: str,
 
     with pytest.raises(ValueError, match="network.trees"):
         fit(tmp_path, records(200), features, mode=mode, detector=detector, network=NetworkSettings(trees=trees))
+
+
+@pytest.mark.parametrize("times", [[5, None, 1, 3, 2, 4, 0, 6, 7, 8],
+                                   ["2024-01-05", None, "2024-01-01", "2024-01-03", "2024-01-02", "2024-01-04",
+                                    "2023-12-31", "2024-01-06", "2024-01-07", "2024-01-08"]])
+def test_temporal_split_holds_out_the_latest_and_refuses_rows_without_a_time(times: list) -> None:
+    from ecomnlp.data import DataError
+    from ecomnlp.tabular import split_frame
+
+    frame = pd.DataFrame({"t": times, "x": range(10)})
+    with pytest.raises(DataError, match=r"row 2, column 't': no time, .* \(1 such row\(s\)\)"):
+        split_frame(frame, 0.2, "temporal", 0, "t")
+    frame.loc[1, "t"] = times[0]
+    kept, held = split_frame(frame, 0.2, "temporal", 0, "t")
+    assert held["x"].tolist() == [8, 9] and len(kept) == 8
