@@ -59,6 +59,9 @@ def read_table(path: str | Path) -> Dataset:
             header = next(reader, [])
             if next((r for r in reader if r), None) is None:  # blank lines read as []
                 raise DataError(f"{path}: the file has no data rows (header only)")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:  # the reader would keep one of them and drop the other's values
+            raise DataError(f"{path}: the header names column(s) {twice} more than once")
         # Every column as text: type guessing would turn label 1 into 1.0 next to a missing value,
         # and texts such as "NA", "None" or "null" are texts, not missing values (empty fields stay "").
         options = {"sep": sep, "keep_default_na": False, "encoding": "utf-8-sig",  # a leading BOM is not a column name

@@ -360,3 +360,9 @@ def test_nested_values_are_refused_and_label_lists_are_multi_labels(tmp_path: Pa
     assert [task.encode_target(v) for v in rows.labels] == [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     with pytest.raises(ValueError, match=r"a label is one value, got \['toys'\] \(a list of labels needs multi_label"):
         label_text(["toys"])
+
+
+def test_a_column_named_twice_is_refused(csv_writer) -> None:
+    path = csv_writer("twice.csv", ["text", "label", "text"], [("a", "1", "c"), ("b", "0", "d")])
+    with pytest.raises(DataError, match=r"twice.csv: the header names column\(s\) \['text'\] more than once"):
+        load_rows(path, build_task("review_sentiment", {}))
