@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -91,13 +92,27 @@ def replace_dir(tmp: Path, out: Path) -> None:
     for path in tmp.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
     tmp.chmod(0o777 & ~mask)
+    if out.exists() and _exchange(tmp, out):  # one atomic step: out is the old version or the new one, never absent
+        shutil.rmtree(tmp)  # now the old version
+        return
     old = None
-    if out.exists():
+    if out.exists():  # two steps where the system cannot swap: a crash between them leaves the old version in `old`
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False where that is unavailable."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 @contextmanager

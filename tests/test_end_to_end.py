@@ -4,7 +4,9 @@ from __future__ import annotations
 import copy
 import importlib.metadata
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -344,3 +346,20 @@ def test_training_reshuffles_batches_every_epoch(tmp_path: Path, tiny_encoder: P
     monkeypatch.setattr(LengthGroupedBatches, "set_epoch", record)
     quick_train("review_sentiment", sentiment_csv, tmp_path / "out", tiny_encoder, columns={"text": "review"}, epochs=3)
     assert seen == [0, 1, 2]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux's")
+def test_replacing_a_directory_is_one_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the system can swap two paths, the old directory is never absent: no rename of it aside happens."""
+    from ecomnlp import artifact
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "card.json").write_text("old")
+    renamed = []
+    real = os.replace
+    monkeypatch.setattr(artifact.os, "replace", lambda a, b: (renamed.append((a, b)), real(a, b)))
+    with artifact.atomic_dir(out) as tmp:
+        (tmp / "card.json").write_text("new")
+    assert (out / "card.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert renamed == []
