@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -348,9 +349,16 @@ class RecommendationModel:
         if ITEM not in frame.columns:
             raise DataError(f"new items need an '{ITEM}' id column; got {list(frame.columns)}")
         ids = as_ids(frame[ITEM])
-        clash = [i for i in ids if i in set(self.item_ids)]
+        missing = [i + 1 for i, v in enumerate(ids) if v is None]
+        if missing:
+            raise DataError(f"new item {missing[0]}: no id ({len(missing)} such item(s))")
+        known = set(self.item_ids)
+        clash = [i for i in ids if i in known]
         if clash:
             raise DataError(f"items already in the catalogue: {clash[:5]}")
+        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if twice:
+            raise DataError(f"new items with the same id: {twice[:5]}")
         for c in _pipeline_columns(self.item_pipeline):
             if c not in frame.columns:
                 frame[c] = None

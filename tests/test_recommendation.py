@@ -248,6 +248,11 @@ def test_new_items_join_the_catalogue(trained) -> None:
     assert not math.isnan(model.score("u3", ["fresh"])[0])
     with pytest.raises(DataError, match="already in the catalogue"):
         model.add_items([{"item": "i0", "title": "x"}])
+    with pytest.raises(DataError, match=r"new item 2: no id \(1 such item\(s\)\)"):
+        model.add_items([{"item": "a", "title": "x"}, {"item": None, "title": "y"}])
+    with pytest.raises(DataError, match=r"new items with the same id: \['b'\]"):
+        model.add_items([{"item": "b", "title": "x"}, {"item": "b", "title": "y"}])
+    assert len(model.item_ids) == before + 1  # a refused batch adds nothing
     model.save(task.parent / "with-new-item")  # a loaded model saves again, adapter included
     again = load_recommendation(task.parent / "with-new-item")
     assert again.item_ids[-1] == "fresh" and np.allclose(again.score("u3", ["fresh"]), model.score("u3", ["fresh"]))
