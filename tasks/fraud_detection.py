@@ -319,7 +319,12 @@ def fit_fraud(
             if not np.nansum(labels[name]):
                 raise DataError(f"supervised mode: no frauds among the {name} rows ({splits.where[name]})")
     pipeline = FeaturePipeline(features).fit(splits.frames["train"])
-    encoded = {name: pipeline.transform(splits.frames[name]) for name in ("train", "valid")}
+    encoded = {}
+    for name, frame in splits.frames.items():  # the test rows too: a bad value there stops before training, not after
+        try:
+            encoded[name] = pipeline.transform(frame)
+        except DataError as err:
+            raise DataError(f"{splits.where[name]}, {name} rows (counted within them): {err}") from None
     texts = list(pipeline.spec["templates"])
     card: dict[str, Any] = {
         "task": TASK, "kind": FRAUD_KIND, "mode": mode, "detector": detector,

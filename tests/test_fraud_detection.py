@@ -430,3 +430,15 @@ def test_temporal_split_holds_out_the_latest_and_refuses_rows_without_a_time(tim
     frame.loc[1, "t"] = times[0]
     kept, held = split_frame(frame, 0.2, "temporal", 0, "t")
     assert held["x"].tolist() == [8, 9] and len(kept) == 8
+
+
+def test_a_bad_value_in_the_test_rows_stops_before_training(tmp_path: Path) -> None:
+    from ecomnlp.data import DataError
+
+    frame = records(3000)
+    frame["x1"] = frame["x1"].astype(object)
+    frame.loc[2990, "x1"] = "oops"  # among the latest 20% by time: a test row
+    with pytest.raises(DataError, match=r"latest 20% of .*records.csv, test rows \(counted within them\): row 591, "
+                                        r"column 'x1': 'oops' is not a finite number"):
+        fit(tmp_path, frame)
+    assert not (tmp_path / "run").exists()  # nothing trained
