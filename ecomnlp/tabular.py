@@ -12,7 +12,6 @@ Scorers (``Classifier`` here, the detectors of ``detectors.py``) take the inputs
 from __future__ import annotations
 
 import difflib
-
 import random
 import string
 from dataclasses import dataclass

@@ -51,12 +51,21 @@ class Prepared:
     stats: dict[str, Any]
 
 
-def _split_off(rows: Rows, fraction: float, seed: int, count: int | None = None) -> tuple[Rows, Rows]:
-    """(kept, held out): a seeded ``fraction`` of the rows held out (at least one), or exactly ``count``."""
+def _partition(rows: Rows, held_out: int, seed: int) -> tuple[Rows, Rows]:
+    """(kept, held out): ``held_out`` rows drawn with ``seed``, both parts in file order."""
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    cut = count if count is not None else max(1, int(len(order) * fraction))
-    return rows.subset(sorted(order[cut:])), rows.subset(sorted(order[:cut]))
+    return rows.subset(sorted(order[held_out:])), rows.subset(sorted(order[:held_out]))
+
+
+def _split_off(rows: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
+    """(kept, held out): a seeded ``fraction`` of the rows held out, at least one."""
+    return _partition(rows, max(1, int(len(rows) * fraction)), seed)
+
+
+def cap_rows(rows: Rows, keep: int, seed: int) -> tuple[Rows, Rows]:
+    """(kept, left out): exactly ``keep`` rows drawn with ``seed`` (``data.max_train_examples``)."""
+    return _partition(rows, len(rows) - keep, seed)
 
 
 def split_seed(cards: Sequence[dict[str, Any]], data: DataConfig, paths: Sequence[str]) -> int:
@@ -78,7 +87,7 @@ def training_rows(task: Task, data: DataConfig, seed: int) -> tuple[Rows, Rows |
         raise ValueError("data.train is required")
     rows = load_rows(data.train, task, data.columns, data.on_bad_row)
     if data.max_train_examples and data.max_train_examples < len(rows):
-        return _split_off(rows, 0.0, seed, count=len(rows) - data.max_train_examples)
+        return cap_rows(rows, data.max_train_examples, seed)
     return rows, None
 
 

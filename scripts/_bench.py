@@ -70,13 +70,13 @@ def tfidf_accuracy(args: dict[str, Any], train_limit: int | None) -> dict[str, A
     from ecomnlp.baselines import describe, tfidf_logits
     from ecomnlp.data import encode_targets, load_rows
     from ecomnlp.task import build_task
-    from ecomnlp.training import _split_off
+    from ecomnlp.training import cap_rows
 
     data, task = args["data"], build_task(args["task"], args["task_options"])
     started = time.perf_counter()
     train = load_rows(data.train, task, data.columns, data.on_bad_row)
     if train_limit and train_limit < len(train):
-        train, _ = _split_off(train, 1 - train_limit / len(train), args["trainer"].seed)
+        train, _ = cap_rows(train, train_limit, args["trainer"].seed)  # the rows training keeps
     test = load_rows(data.test, task, data.columns, data.on_bad_row)
     task.fit(train.labels)
     label = data.columns.get("label", "label")
