@@ -44,15 +44,20 @@ class TextClassification:
         parts = [label_text(p) for p in values]
         return [p for p in parts if p]
 
+    def _label(self, value: Any) -> str:
+        """One label as text; an ordinal one as its number (4, "4" and "4.0" are one star rating)."""
+        text = label_text(value)
+        if not self.ordinal:
+            return text
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"ordinal labels must be numbers (e.g. 1-5 stars), got {text!r}") from None
+        return str(int(number)) if number.is_integer() else repr(number)
+
     def fit(self, labels: Sequence[Any]) -> None:
-        seen = {p for v in labels for p in self._split(v)} if self.multi_label else {label_text(v) for v in labels}
-        if self.ordinal:
-            try:
-                self.labels = sorted(seen, key=float)
-            except ValueError as err:
-                raise ValueError(f"ordinal labels must be numbers (e.g. 1-5 stars): {err}") from None
-        else:
-            self.labels = sorted(seen)
+        seen = {p for v in labels for p in self._split(v)} if self.multi_label else {self._label(v) for v in labels}
+        self.labels = sorted(seen, key=float) if self.ordinal else sorted(seen)
         if len(self.labels) < 2:
             raise ValueError(f"need at least 2 distinct labels in training data, found {self.labels}")
 
@@ -64,7 +69,7 @@ class TextClassification:
 
     def encode_target(self, value: Any) -> int | list[float]:
         if not self.multi_label:
-            return self._index(label_text(value))
+            return self._index(self._label(value))
         target = [0.0] * len(self.labels)
         for part in self._split(value):
             target[self._index(part)] = 1.0

@@ -64,12 +64,14 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
 
 def as_frame(records: Any, columns: Sequence[str] = ()) -> pd.DataFrame:
-    """A DataFrame from a DataFrame, a dict of columns or a list of dicts. For dicts, a key that no record has is a
-    missing value in every record (``columns``: the keys to add that way)."""
+    """A DataFrame from a DataFrame, a dict of columns, a list of dicts or one dict of values (one record). For
+    dicts, a key that no record has is a missing value in every record (``columns``: the keys to add that way)."""
     if isinstance(records, pd.DataFrame):
         return records
     if isinstance(records, dict):
-        return pd.DataFrame(records)
+        if any(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values()):
+            return pd.DataFrame(records)
+        records = [records]
     rows = list(records)
     if rows and not all(isinstance(r, dict) for r in rows):
         raise TypeError("records must be a DataFrame, a dict of columns, or a list of dicts")

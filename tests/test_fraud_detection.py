@@ -186,6 +186,7 @@ def test_text_bearing_task_trains_its_adapter_and_checks_its_base(tmp_path: Path
     assert math.isfinite(out[0]["score"])
     extra = loaded.score([{"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US", "order_id": 7, "label": 0}])
     assert extra == out  # keys the model does not read are ignored while its own are all there
+    assert loaded.score({"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US"}) == out  # one record, not in a list
     for typo, meant in (("X0", "x0"), ("notes", "note"), ("ammount", "amount")):
         record = {"x0": 0.1, "x1": 0.0, "amount": 3.0, "country": "US", "note": "ok"}
         record[typo] = record.pop(meant)

@@ -247,8 +247,11 @@ def test_stars_order_expected_and_mae(tmp_path: Path) -> None:
     assert report["mae"] == pytest.approx((1 + 1 + 0) / 3)
     assert report["confusion_matrix"]["labels"] == task.labels
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="ordinal labels must be numbers"):
+    with pytest.raises(ValueError, match="ordinal labels must be numbers \\(e.g. 1-5 stars\\), got 'five'"):
         build_task("review_sentiment", {"mode": "stars"}).fit(["1", "five"])
+    stars = build_task("review_sentiment", {"mode": "stars"})
+    stars.fit(["4", 4.0, "4.0", 5, " 5 ", "1", 2.5])  # a CSV's "4" and a JSONL's 4.0 are one rating
+    assert stars.labels == ["1", "2.5", "4", "5"] and stars.encode_target("4.0") == stars.encode_target(4) == 2
 
 
 def test_stars_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
