@@ -11,8 +11,9 @@ chat directories are loaded as ``ecomnlp.load`` loads them. Each model has the r
     GET  /models, GET /health
 
 Calls run one at a time (a lock): the tasks share one base whose active adapter is switched per call, and two
-calls on 2 CPU cores gain nothing from running side by side. A streamed chat reply takes the lock per piece. Bad input answers 422 with the library's message
-(row and field named); a model of another kind under that name answers 404 naming the route to use.
+calls on 2 CPU cores gain nothing from running side by side; a streamed chat reply takes the lock per piece. Bad
+input answers 422 with the library's message (row and field named); a model of another kind under that name answers
+404 naming the route to use.
 """
 from __future__ import annotations
 
